@@ -1,0 +1,246 @@
+"""Command-line and recipe arguments, validated up front."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments
+
+
+__all__ = [
+    "DataTrainingArguments",
+    "ModelArguments",
+    "PrefixArguments",
+    "ArgumentError",
+    "parse_args",
+    "DATA_EXTENSIONS",
+]
+
+DATA_EXTENSIONS = (".txt", ".csv", ".json", ".jsonl")
+RECIPE_EXTENSIONS = (".yaml", ".yml", ".json")
+
+
+class ArgumentError(ValueError):
+    """A problem with the user's arguments or input files; the message says what to change."""
+
+
+@dataclass
+class ModelArguments:
+    """Which model to adapt."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id or local folder of the pretrained model (e.g. t5-large). A local folder holding only a "
+            "config.json (no weights) gives a randomly initialised model, which is what the quickstart uses."
+        },
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use, if not the one of --model_name_or_path."}
+    )
+    model_revision: str = field(
+        default="main", metadata={"help": "Branch, tag or commit of the model on the Hub."}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where to store models and datasets downloaded from the Hub."}
+    )
+    token: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub token for private models or datasets; by default the one saved by `hf auth login`. "
+            "Never written to any output file."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow models that ship their own modelling code on the Hub."}
+    )
+
+
+@dataclass
+class PrefixArguments:
+    """The prefix: the only parameters that are trained."""
+
+    num_virtual_tokens: int = field(
+        default=20, metadata={"help": "Length of the prefix: virtual key/value vectors in every attention layer."}
+    )
+    prefix_projection: bool = field(
+        default=False,
+        metadata={
+            "help": "Reparametrise the prefix by a two-layer MLP during training (Li & Liang, 2021). Only the "
+            "resulting prefix is saved in the adapter."
+        },
+    )
+    encoder_hidden_size: int | None = field(
+        default=None,
+        metadata={"help": "Hidden size of the --prefix_projection MLP (default: the model's hidden size)."},
+    )
+    init_weights: Literal["random", "zero"] = field(
+        default="random",
+        metadata={
+            "help": "How to initialise the prefix: `random` (peft's default, normal(0, 1)) or `zero` (the "
+            "projection's last layer, or the prefix itself, starts at zero)."
+        },
+    )
+
+    def __post_init__(self):
+        if self.num_virtual_tokens < 1:
+            raise ArgumentError(f"--num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}.")
+        if self.encoder_hidden_size is not None and self.encoder_hidden_size < 1:
+            raise ArgumentError(f"--encoder_hidden_size must be at least 1, got {self.encoder_hidden_size}.")
+        if self.init_weights not in ("random", "zero"):
+            raise ArgumentError(f"--init_weights must be `random` or `zero`, got {self.init_weights!r}.")
+
+
+@dataclass
+class DataTrainingArguments:
+    """What data to train and evaluate on, and how to turn it into text-to-text examples."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset on the Hub. `financial_phrasebank` is read from its original archive "
+            "(takala/financial_phrasebank); any other name is loaded with `datasets.load_dataset`."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset configuration, e.g. sentences_allagree, sentences_75agree, sentences_66agree or "
+            "sentences_50agree for financial_phrasebank."
+        },
+    )
+    dataset_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the Hub dataset."})
+    train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training data: .txt in the Financial PhraseBank format (`sentence@label`, ISO-8859-1), or "
+            ".csv/.json/.jsonl with --text_column and --label_column."
+        },
+    )
+    validation_file: str | None = field(
+        default=None,
+        metadata={"help": "Validation data (same formats). Without it, --validation_split_percentage is held out."},
+    )
+    test_file: str | None = field(default=None, metadata={"help": "Test data for --do_predict (same formats)."})
+    text_column: str = field(default="sentence", metadata={"help": "Column with the input text (csv/json)."})
+    label_column: str = field(default="label", metadata={"help": "Column with the label (csv/json)."})
+    label_words: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated label words in class-id order, used when labels are integers and as the label "
+            "set (default for financial_phrasebank: negative,neutral,positive)."
+        },
+    )
+    validation_split_percentage: float = field(
+        default=10.0,
+        metadata={"help": "Percentage of the training data held out for validation (stratified by label)."},
+    )
+    split_seed: int = field(default=42, metadata={"help": "Seed of the held-out split (independent of --seed)."})
+    source_prefix: str = field(
+        default="", metadata={"help": "Text put before every input, e.g. `sentiment: ` (T5 task prefixes)."}
+    )
+    max_source_length: int = field(
+        default=256, metadata={"help": "Inputs are truncated to this many tokens (padding is per batch)."}
+    )
+    max_target_length: int = field(default=8, metadata={"help": "Targets (label words) are truncated to this."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training examples (debugging, quick runs)."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation examples."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Use only the first N test examples."})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenisation (default: one)."}
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the tokenised datasets."})
+
+    def __post_init__(self):
+        if self.dataset_name is None and self.train_file is None and self.validation_file is None and (
+            self.test_file is None
+        ):
+            raise ArgumentError(
+                "No data given: pass --dataset_name (e.g. financial_phrasebank) or --train_file/--validation_file."
+            )
+        for flag in ("train_file", "validation_file", "test_file"):
+            path = getattr(self, flag)
+            if path is None:
+                continue
+            if not path.lower().endswith(DATA_EXTENSIONS):
+                raise ArgumentError(f"--{flag} must end in {', '.join(DATA_EXTENSIONS)}, got {path}.")
+            if not os.path.isfile(path):
+                raise ArgumentError(f"--{flag} {path} does not exist.")
+            if os.path.getsize(path) == 0:
+                raise ArgumentError(f"--{flag} {path} is empty.")
+        if not 0 < self.validation_split_percentage < 100:
+            raise ArgumentError(
+                f"--validation_split_percentage must be between 0 and 100, got {self.validation_split_percentage}."
+            )
+        if self.label_words is not None:
+            names = self.label_list
+            if len(names) < 2 or len(set(names)) != len(names) or any(not n for n in names):
+                raise ArgumentError(f"--label_words needs at least two distinct words, got {self.label_words!r}.")
+
+    @property
+    def label_list(self) -> list[str] | None:
+        if self.label_words is None:
+            return None
+        return [name.strip() for name in self.label_words.split(",")]
+
+
+def _check_training_args(model_args: ModelArguments, training_args: Seq2SeqTrainingArguments) -> None:
+    if model_args.model_name_or_path is None:
+        raise ArgumentError("--model_name_or_path is required (e.g. t5-large, or a local model folder).")
+    if training_args.gradient_checkpointing:
+        raise ArgumentError(
+            "--gradient_checkpointing does not work with prefix tuning (the prefix is a key/value cache that "
+            "checkpointed layers drop); remove the flag and lower --per_device_train_batch_size instead."
+        )
+    if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
+        raise ArgumentError("Nothing to do: pass at least one of --do_train, --do_eval, --do_predict.")
+
+
+def _recipe_defaults(parser: HfArgumentParser, path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ArgumentError(f"Recipe {path} does not exist.")
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ArgumentError(f"Recipe {path} is not valid YAML/JSON{where}: {getattr(err, 'problem', err)}.") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ArgumentError(f"Recipe {path} must be a mapping of argument names to values.")
+    known = {f.name for dtype in parser.dataclass_types for f in fields(dtype) if f.init}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ArgumentError(
+            f"Recipe {path} has unknown key(s): {', '.join(unknown)}. See `python run_prefix_tuning.py --help`."
+        )
+    return config
+
+
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, DataTrainingArguments, PrefixArguments, Seq2SeqTrainingArguments]:
+    """Parse a recipe file (optional, first argument) and command-line flags; flags override the recipe."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, PrefixArguments, Seq2SeqTrainingArguments))
+    if argv and not argv[0].startswith("-") and argv[0].lower().endswith(RECIPE_EXTENSIONS):
+        recipe = _recipe_defaults(parser, argv[0])
+        cli = argv[1:]
+        # A recipe value becomes the default of its flag, so any flag given on the command line wins.
+        parser.set_defaults(**recipe)
+        for action in parser._actions:
+            if action.dest in recipe and action.required:
+                action.required = False
+    else:
+        cli = argv
+    model_args, data_args, prefix_args, training_args = parser.parse_args_into_dataclasses(args=cli)
+    _check_training_args(model_args, training_args)
+    return model_args, data_args, prefix_args, training_args

@@ -1,0 +1,57 @@
+"""Classification metrics for text-to-text answers: the model writes a label word, we score the words."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+__all__ = ["classification_metrics", "normalise_answer", "build_compute_metrics"]
+
+
+def normalise_answer(text: str) -> str:
+    return " ".join(text.strip().lower().split())
+
+
+def classification_metrics(predictions: list[str], references: list[str], labels: list[str]) -> dict[str, float]:
+    """Accuracy, macro-F1, per-label F1 and the share of answers that are no label at all.
+
+    An answer that is not a label word counts as wrong (a false negative for its gold label).
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
+    norm = {normalise_answer(label): label for label in labels}
+    preds = [norm.get(normalise_answer(p)) for p in predictions]
+    refs = [norm.get(normalise_answer(r), r) for r in references]
+    total = len(refs)
+    metrics: dict[str, float] = {
+        "accuracy": sum(p == r for p, r in zip(preds, refs)) / total if total else 0.0,
+        "invalid_rate": sum(p is None for p in preds) / total if total else 0.0,
+    }
+    f1s = []
+    for label in labels:
+        tp = sum(p == label and r == label for p, r in zip(preds, refs))
+        fp = sum(p == label and r != label for p, r in zip(preds, refs))
+        fn = sum(p != label and r == label for p, r in zip(preds, refs))
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        metrics[f"f1_{label}"] = f1
+        f1s.append(f1)
+    metrics["macro_f1"] = float(np.mean(f1s))
+    metrics["samples"] = total
+    return metrics
+
+
+def build_compute_metrics(tokenizer, labels: list[str]):
+    """`compute_metrics` for `Seq2SeqTrainer(predict_with_generate=True)`: decode, then compare label words."""
+
+    def decode(ids) -> list[str]:
+        ids = np.asarray(ids)
+        ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
+        return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        predictions = eval_prediction.predictions
+        if isinstance(predictions, tuple):
+            predictions = predictions[0]
+        return classification_metrics(decode(predictions), decode(eval_prediction.label_ids), labels)
+
+    return compute_metrics
