@@ -101,8 +101,10 @@ def _prepare_inputs_for_generation(self, *args, task_ids=None, **kwargs):
     ids = model_inputs["decoder_input_ids" if is_encoder_decoder else "input_ids"]
     if ids is None:  # decoder-only prompt given as embeddings
         ids = model_inputs["inputs_embeds"]
-    if cache is None or (isinstance(cache, Cache) and cache.get_seq_length() == 0):
-        # No key/values yet (first step, or every step with use_cache=False): the prefix *is* the cache.
+    use_cache = model_inputs.get("use_cache", kwargs.get("use_cache"))
+    if use_cache is False or cache is None or (isinstance(cache, Cache) and cache.get_seq_length() == 0):
+        # No key/values yet (first step), or none kept (use_cache=False: the model still hands back the cache we
+        # gave it, and generate() would feed it in again next to the full sequence): the prefix *is* the cache.
         cache = self.get_prompt(ids.shape[0])
     model_inputs[key] = cache
     if not is_encoder_decoder:

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny T5 models built from a config (no downloads), the shipped example data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import prefix_tuning_utils  # noqa: E402,F401  (applies the generation compatibility layer)
+
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+PHRASEBANK_ENV = "FINANCIAL_PHRASEBANK_DIR"
+REQUIRE_DATA_ENV = "PREFIX_TUNING_REQUIRE_DATA"
+
+
+def tiny_t5_config(vocab_size: int, **overrides) -> T5Config:
+    values = dict(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        num_heads=4,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    values.update(overrides)
+    return T5Config(**values)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    return REPO / "examples" / "tiny-t5"
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory, tokenizer, tokenizer_dir) -> Path:
+    """A tiny T5 saved with weights and the example tokenizer, loadable with `from_pretrained`."""
+    path = tmp_path_factory.mktemp("tiny-t5")
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(tiny_t5_config(len(tokenizer)))
+    model.save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def phrasebank_dir() -> Path:
+    """The Financial PhraseBank files; skipped with a reason where they are missing (a failure under CI)."""
+    path = Path(os.environ.get(PHRASEBANK_ENV, REPO.parent / "shared" / "data" / "financial_phrasebank"))
+    if not (path / "Sentences_AllAgree.txt").is_file():
+        message = (
+            f"Financial PhraseBank files not found in {path}: put Sentences_AllAgree.txt (and the other "
+            f"Sentences_*.txt files) there or set {PHRASEBANK_ENV} to their folder."
+        )
+        if os.environ.get(REQUIRE_DATA_ENV) == "1":
+            pytest.fail(message + f" ({REQUIRE_DATA_ENV}=1 turns this skip into a failure.)")
+        pytest.skip(message)
+    return path

@@ -1,0 +1,206 @@
+"""Generation must use the prefix: through `generate()`, the Trainer, and the plain usage snippet.
+
+On transformers 5.24 + peft 0.21.2, peft's `generate()` returns the base model's answer; our compat layer
+(prefix_tuning_utils.compat) fixes it. These tests compare generation with a manual greedy loop of full forward
+passes, which is how the model is trained, so they fail if any generation path drops the prefix.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, T5ForConditionalGeneration
+
+from prefix_tuning_utils import compat
+from tests.conftest import tiny_t5_config
+
+
+VOCAB = 48
+STEPS = 5
+
+
+def make_models(prefix_projection: bool = False, **config_overrides):
+    torch.manual_seed(0)
+    base = T5ForConditionalGeneration(tiny_t5_config(VOCAB, **config_overrides)).eval()
+    config = PrefixTuningConfig(
+        task_type=TaskType.SEQ_2_SEQ_LM,
+        num_virtual_tokens=6,
+        prefix_projection=prefix_projection,
+        encoder_hidden_size=base.config.d_model,
+        token_dim=base.config.num_heads * base.config.d_kv,
+        num_attention_heads=base.config.num_heads,
+        num_layers=base.config.num_decoder_layers,
+    )
+    model = get_peft_model(base, config).eval()
+    with torch.no_grad():
+        # T5's default init makes a tiny random model answer the pad token whatever the input; larger
+        # embeddings give varied answers, so that a dropped prefix cannot go unnoticed.
+        for name, param in base.named_parameters():
+            if "shared" in name or "lm_head" in name:
+                param.normal_(0.0, 1.0)
+        for param in model.prompt_encoder.parameters():
+            param.normal_(0.0, 2.0)
+    return base, model
+
+
+def padded_batch():
+    input_ids = torch.tensor([[5, 6, 7, 8, 9, 1], [10, 11, 12, 1, 0, 0], [13, 14, 1, 0, 0, 0]])
+    return input_ids, (input_ids != 0).long()
+
+
+def manual_greedy(model, input_ids, attention_mask, steps=STEPS, return_logits=False):
+    """Greedy decoding by full forward passes (no cache): the reference for every generation path."""
+    decoder = torch.zeros(input_ids.shape[0], 1, dtype=torch.long)
+    step_logits = []
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder).logits
+            step_logits.append(logits[:, -1])
+            decoder = torch.cat([decoder, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return (decoder, step_logits) if return_logits else decoder
+
+
+def generate(model, input_ids, attention_mask, **kwargs):
+    with torch.no_grad():
+        return model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=STEPS, min_new_tokens=STEPS, **kwargs
+        )
+
+
+@pytest.fixture(scope="module")
+def models():
+    return make_models()
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_greedy_generate_equals_manual_loop_and_differs_from_base(models, use_cache):
+    base, model = models
+    input_ids, attention_mask = padded_batch()
+    expected = manual_greedy(model, input_ids, attention_mask)
+    with model.disable_adapter():
+        base_output = manual_greedy(base, input_ids, attention_mask)
+    assert not torch.equal(expected, base_output), "the prefix should change the answer of this tiny model"
+    out = generate(model, input_ids, attention_mask, use_cache=use_cache, output_logits=True, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, expected)
+    _, expected_logits = manual_greedy(model, input_ids, attention_mask, return_logits=True)
+    for step, (got, want) in enumerate(zip(out.logits, expected_logits)):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=f"logits differ at step {step}")
+
+
+@pytest.mark.parametrize("prefix_projection", [False, True])
+def test_generate_with_projection_and_uneven_head_width(prefix_projection):
+    # flan-t5 / T5 v1.1 shapes: num_heads * d_kv != d_model.
+    _, model = make_models(prefix_projection=prefix_projection, d_model=40, d_kv=8, num_heads=3)
+    input_ids, attention_mask = padded_batch()
+    assert torch.equal(generate(model, input_ids, attention_mask), manual_greedy(model, input_ids, attention_mask))
+
+
+def sequence_log_probs(model, input_ids, attention_mask, sequences, pad_id=0, eos_id=1):
+    """Sum of log-probabilities of each generated sequence, recomputed by one full forward pass."""
+    decoder_in, targets = sequences[:, :-1], sequences[:, 1:]
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_in).logits
+    log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    # Positions after the first end-of-sequence token are padding.
+    finished = torch.cumsum((targets == eos_id).long(), dim=1) - (targets == eos_id).long()
+    return (log_probs * (finished == 0)).sum(dim=1)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_beam_search_scores_are_those_of_the_prefix_model(models, use_cache):
+    base, model = models
+    input_ids, attention_mask = padded_batch()
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            num_beams=3,
+            num_return_sequences=3,
+            max_new_tokens=STEPS,
+            length_penalty=0.0,
+            output_scores=True,
+            return_dict_in_generate=True,
+            use_cache=use_cache,
+        )
+    repeat = lambda t: t.repeat_interleave(3, dim=0)  # noqa: E731
+    recomputed = sequence_log_probs(model, repeat(input_ids), repeat(attention_mask), out.sequences)
+    torch.testing.assert_close(out.sequences_scores, recomputed, atol=1e-4, rtol=1e-4)
+    with model.disable_adapter():
+        base_scores = sequence_log_probs(base, repeat(input_ids), repeat(attention_mask), out.sequences)
+    assert not torch.allclose(base_scores, recomputed, atol=1e-2)
+
+
+def test_saved_adapter_generates_through_plain_usage_snippet(models, tmp_path):
+    _, model = models
+    model.save_pretrained(tmp_path / "adapter")
+    input_ids, attention_mask = padded_batch()
+    expected = manual_greedy(model, input_ids, attention_mask)
+
+    # The usage snippet of the README and model card, on a fresh base model.
+    config = PeftConfig.from_pretrained(tmp_path / "adapter")
+    assert config.peft_type == "PREFIX_TUNING"
+    fresh_base, _ = make_models()
+    fresh_base = fresh_base.get_base_model() if hasattr(fresh_base, "get_base_model") else fresh_base
+    loaded = PeftModel.from_pretrained(fresh_base, tmp_path / "adapter").eval()
+    assert torch.equal(manual_greedy(loaded, input_ids, attention_mask), expected)
+    assert torch.equal(generate(loaded, input_ids, attention_mask), expected)
+
+
+def test_trainer_predict_with_generate_uses_prefix(models, tmp_path):
+    _, model = models
+    input_ids, attention_mask = padded_batch()
+    expected = manual_greedy(model, input_ids, attention_mask)
+    rows = [
+        {"input_ids": ids[mask.bool()].tolist(), "labels": [3, 1]} for ids, mask in zip(input_ids, attention_mask)
+    ]
+    from transformers import DataCollatorForSeq2Seq
+
+    from tests.conftest import REPO  # noqa: F401
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "examples" / "tiny-t5")
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_eval_batch_size=3,
+        predict_with_generate=True,
+        generation_max_length=STEPS + 1,
+        report_to="none",
+        use_cpu=True,
+    )
+    trainer = Seq2SeqTrainer(model=model, args=args, data_collator=DataCollatorForSeq2Seq(tokenizer))
+    predictions = trainer.predict(rows, min_new_tokens=STEPS).predictions
+    assert torch.equal(torch.as_tensor(predictions)[:, : STEPS + 1], expected)
+
+
+def test_training_forward_does_not_rely_on_deprecated_keyword(models):
+    """The prefix reaches the model as `cache`, so training keeps working when the old alias is removed."""
+    base, model = models
+    seen = []
+    handle = base.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(set(kwargs)), with_kwargs=True)
+    input_ids, attention_mask = padded_batch()
+    labels = torch.tensor([[3, 4, 1]] * 3)
+    try:
+        with torch.no_grad():
+            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    finally:
+        handle.remove()
+    assert seen and all("past_key_values" not in keys for keys in seen)
+    assert any("cache" in keys for keys in seen)
+    with torch.no_grad(), model.disable_adapter():
+        base_loss = base(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    assert abs(loss.item() - base_loss.item()) > 1e-3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Upstream bug (transformers>=5.24 renamed past_key_values to cache; peft 0.21.2 injects the prefix "
+    "under the old name). If this test XPASSes, upstream has fixed generation: make compat a no-op for "
+    "those versions and widen the pins in setup.cfg.",
+)
+def test_upstream_generate_still_broken(models):
+    _, model = models
+    input_ids, attention_mask = padded_batch()
+    expected = manual_greedy(model, input_ids, attention_mask)
+    with compat.disabled():
+        assert torch.equal(generate(model, input_ids, attention_mask), expected)
