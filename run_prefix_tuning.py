@@ -27,7 +27,9 @@ from prefix_tuning_utils.modeling import (
     check_model_config,
     get_model_config,
     get_tokenizer,
+    initialises_from_config,
     load_base_model,
+    save_initialised_base,
     trainable_parameters,
 )
 from prefix_tuning_utils.preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
@@ -80,9 +82,9 @@ def main(argv=None):
         ("test", data_args.max_predict_samples),
     ):
         if limit is not None and split in splits:
-            data = splits[split]
-            splits[split] = type(data)(data.texts[:limit], data.labels[:limit], data.lines[:limit], data.source)
-    logger.info("Labels: %s; " % ", ".join(labels) + ", ".join(f"{k}: {len(v)}" for k, v in splits.items()))
+            splits[split] = splits[split].head(limit)
+    sizes = ", ".join(f"{name}: {len(data)}" for name, data in splits.items())
+    logger.info(f"Labels: {', '.join(labels)}; examples: {sizes}")
 
     last_checkpoint = None
     if os.path.isdir(training_args.output_dir) and training_args.do_train:
@@ -94,6 +96,8 @@ def main(argv=None):
     # Model: frozen base + trainable prefix.
     model = load_base_model(model_args, config)
     model = build_prefix_model(model, build_prefix_config(config, prefix_args))
+    if initialises_from_config(model_args) and training_args.should_save:
+        save_initialised_base(model, tokenizer, training_args.output_dir)
     trainable, total = trainable_parameters(model)
     logger.info(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f} %)")
 

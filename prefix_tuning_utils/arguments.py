@@ -43,9 +43,7 @@ class ModelArguments:
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Tokenizer to use, if not the one of --model_name_or_path."}
     )
-    model_revision: str = field(
-        default="main", metadata={"help": "Branch, tag or commit of the model on the Hub."}
-    )
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model on the Hub."})
     cache_dir: str | None = field(
         default=None, metadata={"help": "Where to store models and datasets downloaded from the Hub."}
     )
@@ -159,8 +157,11 @@ class DataTrainingArguments:
     overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the tokenised datasets."})
 
     def __post_init__(self):
-        if self.dataset_name is None and self.train_file is None and self.validation_file is None and (
-            self.test_file is None
+        if (
+            self.dataset_name is None
+            and self.train_file is None
+            and self.validation_file is None
+            and (self.test_file is None)
         ):
             raise ArgumentError(
                 "No data given: pass --dataset_name (e.g. financial_phrasebank) or --train_file/--validation_file."

@@ -26,6 +26,8 @@ __all__ = [
     "parse_phrasebank_lines",
     "read_data_file",
     "stratified_split",
+    "to_dataset_dict",
+    "warn_conflicting_duplicates",
 ]
 
 FINANCIAL_PHRASEBANK_REPO = "takala/financial_phrasebank"
@@ -51,6 +53,9 @@ class LabelledData:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def head(self, count: int) -> LabelledData:
+        return LabelledData(self.texts[:count], self.labels[:count], self.lines[:count], self.source)
 
     def to_dataset(self) -> Dataset:
         return Dataset.from_dict({"text": self.texts, "label": self.labels, "line": self.lines})
@@ -170,7 +175,7 @@ def read_data_file(path: str, args: DataTrainingArguments, labels: list[str] | N
     if isinstance(loaded, dict) and "data" in loaded:
         loaded = loaded["data"]
     if not isinstance(loaded, list):
-        raise ArgumentError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}}).")
+        raise ArgumentError(f'{path}: expected a JSON list of objects (or {{"data": [...]}}).')
     return _rows_to_data(loaded, path, args, labels, first_line=1)
 
 

@@ -20,12 +20,19 @@ __all__ = [
     "check_model_config",
     "get_model_config",
     "get_tokenizer",
+    "initialises_from_config",
     "load_base_model",
+    "save_initialised_base",
     "build_prefix_model",
     "trainable_parameters",
 ]
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # Model families whose activations overflow in float16 (T5's feed-forward outputs exceed 65504).
 FP16_UNSAFE_MODEL_TYPES = ("t5", "mt5", "umt5", "longt5", "switch_transformers")
 
@@ -79,14 +86,35 @@ def _has_weights(path: str) -> bool:
     return any(os.path.isfile(os.path.join(path, name)) for name in WEIGHT_FILES)
 
 
+def initialises_from_config(args: ModelArguments) -> bool:
+    """True for a local model folder that holds a config but no weights (the quickstart's tiny T5)."""
+    path = args.model_name_or_path
+    return os.path.isdir(path) and not _has_weights(path)
+
+
 def load_base_model(args: ModelArguments, config: PretrainedConfig, dtype: torch.dtype | None = None):
     """The frozen base model. A local folder with a config but no weights gives a randomly initialised model."""
     path = args.model_name_or_path
-    if os.path.isdir(path) and not _has_weights(path):
+    if initialises_from_config(args):
         logger.warning("%s holds no weights: initialising the model from its config (random weights).", path)
         model = AutoModelForSeq2SeqLM.from_config(config, trust_remote_code=args.trust_remote_code)
         return model.to(dtype) if dtype is not None else model
     return AutoModelForSeq2SeqLM.from_pretrained(path, config=config, dtype=dtype, **_hub_kwargs(args))
+
+
+def save_initialised_base(peft_model: PeftModel, tokenizer, output_dir: str) -> str:
+    """Save a base model that was initialised from its config next to the adapter, and point the adapter at it.
+
+    Without this, `PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(base_model_name_or_path))`
+    would load the adapter onto *other* random weights. Returns the folder (absolute path).
+    """
+    base_dir = os.path.abspath(os.path.join(output_dir, "base_model"))
+    peft_model.get_base_model().save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    for config in peft_model.peft_config.values():
+        config.base_model_name_or_path = base_dir
+    logger.info("Randomly initialised base model saved to %s (the adapter config points there).", base_dir)
+    return base_dir
 
 
 def build_prefix_config(config: PretrainedConfig, args: PrefixArguments) -> PrefixTuningConfig:

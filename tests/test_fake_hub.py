@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+
 sys.path.insert(0, os.path.dirname(__file__))
 
 import huggingface_hub  # noqa: E402
+from fake_hub import FakeHub  # noqa: E402
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download  # noqa: E402
 from huggingface_hub.errors import (  # noqa: E402
     EntryNotFoundError,
@@ -17,9 +19,18 @@ from huggingface_hub.errors import (  # noqa: E402
     RepositoryNotFoundError,
 )
 
-from fake_hub import FakeHub  # noqa: E402
 
 TOKEN = "hf_test_x"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Any torch work in these tests uses a single CPU thread (the previous setting is restored afterwards)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -31,13 +42,15 @@ def hub(tmp_path, monkeypatch):
 
 def _make_folder(folder: Path, secret: str = "no secret") -> dict[str, bytes]:
     """A small model-like folder: a .json, a .safetensors and a README.md; returns {name: bytes}."""
-    torch = pytest.importorskip("torch")
+    import torch
     from safetensors.torch import save_file
 
-    torch.set_num_threads(1)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "PREFIX_TUNING", "note": secret}))
-    save_file({"prompt_embeddings": torch.arange(12, dtype=torch.float32).reshape(3, 4)}, folder / "adapter_model.safetensors")
+    save_file(
+        {"prompt_embeddings": torch.arange(12, dtype=torch.float32).reshape(3, 4)},
+        folder / "adapter_model.safetensors",
+    )
     (folder / "README.md").write_text("---\nlibrary_name: peft\n---\n# Test adapter\n")
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 
@@ -51,8 +64,10 @@ def test_download_seeded_dataset_file(hub, tmp_path):
 
     # Served from the dataset URL namespace, with plain HTTP only (HEAD for metadata, then GET).
     calls = [(r.method, r.path) for r in hub.requests if "/resolve/" in r.path]
-    assert calls == [("HEAD", "/datasets/owner/data/resolve/main/train/part-0.jsonl"),
-                     ("GET", "/datasets/owner/data/resolve/main/train/part-0.jsonl")]
+    assert calls == [
+        ("HEAD", "/datasets/owner/data/resolve/main/train/part-0.jsonl"),
+        ("GET", "/datasets/owner/data/resolve/main/train/part-0.jsonl"),
+    ]
     # Same repo id as a *model* does not exist.
     with pytest.raises(RepositoryNotFoundError):
         hf_hub_download("owner/data", "train/part-0.jsonl", cache_dir=tmp_path / "c2")
@@ -153,9 +168,9 @@ def test_missing_file_raises_entry_not_found(hub, tmp_path):
 
 def test_transformers_and_peft_load_from_fake_hub(hub, tmp_path):
     """AutoConfig / AutoTokenizer / PeftConfig / PeftModel.from_pretrained(repo_id), and push_to_hub."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     pytest.importorskip("peft")
-    torch.set_num_threads(1)
     from peft import PeftConfig, PeftModel, PrefixTuningConfig, get_peft_model
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import AutoConfig, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -188,13 +203,19 @@ def test_transformers_and_peft_load_from_fake_hub(hub, tmp_path):
 
 def test_trainer_push_to_hub(hub, tmp_path):
     """Trainer.push_to_hub -> create_repo (in the token owner's namespace) + upload_folder; fail_commit makes it raise."""
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
+    import torch
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=4, n_positions=8, n_embd=8, n_layer=1, n_head=2))
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), push_to_hub=True, hub_model_id="tiny-trainer",
-                             hub_token=TOKEN, report_to=[], use_cpu=True, save_strategy="no")
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        push_to_hub=True,
+        hub_model_id="tiny-trainer",
+        hub_token=TOKEN,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
     trainer = Trainer(model=model, args=args)
     trainer.push_to_hub()
     assert {"config.json", "model.safetensors", "README.md"} <= set(hub.files("fake-user/tiny-trainer"))

@@ -10,10 +10,16 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import PeftConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, T5ForConditionalGeneration
+from transformers import (
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    T5ForConditionalGeneration,
+)
 
 from prefix_tuning_utils import compat
-from tests.conftest import tiny_t5_config
+from tests.conftest import REPO, tiny_t5_config
 
 
 VOCAB = 48
@@ -81,7 +87,9 @@ def test_greedy_generate_equals_manual_loop_and_differs_from_base(models, use_ca
     with model.disable_adapter():
         base_output = manual_greedy(base, input_ids, attention_mask)
     assert not torch.equal(expected, base_output), "the prefix should change the answer of this tiny model"
-    out = generate(model, input_ids, attention_mask, use_cache=use_cache, output_logits=True, return_dict_in_generate=True)
+    out = generate(
+        model, input_ids, attention_mask, use_cache=use_cache, output_logits=True, return_dict_in_generate=True
+    )
     assert torch.equal(out.sequences, expected)
     _, expected_logits = manual_greedy(model, input_ids, attention_mask, return_logits=True)
     for step, (got, want) in enumerate(zip(out.logits, expected_logits)):
@@ -151,14 +159,7 @@ def test_trainer_predict_with_generate_uses_prefix(models, tmp_path):
     _, model = models
     input_ids, attention_mask = padded_batch()
     expected = manual_greedy(model, input_ids, attention_mask)
-    rows = [
-        {"input_ids": ids[mask.bool()].tolist(), "labels": [3, 1]} for ids, mask in zip(input_ids, attention_mask)
-    ]
-    from transformers import DataCollatorForSeq2Seq
-
-    from tests.conftest import REPO  # noqa: F401
-    from transformers import AutoTokenizer
-
+    rows = [{"input_ids": ids[mask.bool()].tolist(), "labels": [3, 1]} for ids, mask in zip(input_ids, attention_mask)]
     tokenizer = AutoTokenizer.from_pretrained(REPO / "examples" / "tiny-t5")
     args = Seq2SeqTrainingArguments(
         output_dir=str(tmp_path),

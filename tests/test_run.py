@@ -1,0 +1,131 @@
+"""End-to-end runs of `run_prefix_tuning.main()` in-process, on tiny models (seconds each)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import PeftConfig, PeftModel
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+import run_prefix_tuning
+from prefix_tuning_utils.arguments import DataTrainingArguments, ModelArguments, PrefixArguments
+from tests.conftest import REPO
+
+
+def run_main(argv):
+    return run_prefix_tuning.main([str(a) for a in argv])
+
+
+def plain_usage_snippet(adapter_dir, sentences, max_new_tokens=5):
+    """Exactly what the README and model card promise a user can do with an adapter."""
+    config = PeftConfig.from_pretrained(adapter_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(config.base_model_name_or_path)
+    model = PeftModel.from_pretrained(model, adapter_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    batch = tokenizer(sentences, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=max_new_tokens)
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def test_quickstart_recipe_runs_and_adapter_loads_with_plain_snippet(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "quickstart"
+    trainer = run_main(["recipes/quickstart.yaml", "--output_dir", out])
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "all_results.json"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "all_results.json").read_text())
+    assert {"eval_accuracy", "eval_macro_f1", "train_loss"} <= set(results)
+
+    sentences = ["Acme Corp said its net sales rose 12 percent from a year earlier .", "Fjord Telecom has 3 offices ."]
+    answers = plain_usage_snippet(out, sentences)
+    # The snippet must give exactly what the trained model in memory gives.
+    model = trainer.model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    batch = tokenizer(sentences, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = tokenizer.batch_decode(model.generate(**batch, max_new_tokens=5), skip_special_tokens=True)
+    assert answers == expected
+
+
+def test_financial_phrasebank_file_end_to_end(tmp_path, tiny_t5_dir, phrasebank_dir):
+    out = tmp_path / "fpb"
+    run_main(
+        [
+            "--model_name_or_path", tiny_t5_dir,
+            "--train_file", phrasebank_dir / "Sentences_AllAgree.txt",
+            "--label_words", "negative,neutral,positive",
+            "--output_dir", out,
+            "--do_train", "--do_eval", "--predict_with_generate",
+            "--max_steps", "3",
+            "--per_device_train_batch_size", "8",
+            "--per_device_eval_batch_size", "64",
+            "--learning_rate", "1e-2",
+            "--report_to", "none",
+        ]
+    )  # fmt: skip
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["train_samples"] == 2037
+    assert results["eval_samples"] == 227
+    assert 0.0 <= results["eval_accuracy"] <= 1.0 and 0.0 <= results["eval_macro_f1"] <= 1.0
+    assert json.loads((out / "eval_results.json").read_text())["eval_accuracy"] == results["eval_accuracy"]
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "PREFIX_TUNING" and adapter["num_virtual_tokens"] == 20
+
+
+def test_help_lists_every_argument_with_its_help():
+    result = subprocess.run(
+        [sys.executable, "run_prefix_tuning.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for dataclass in (ModelArguments, DataTrainingArguments, PrefixArguments):
+        for field in dataclasses.fields(dataclass):
+            assert f"--{field.name}" in text, field.name
+            first_words = " ".join(field.metadata["help"].split()[:6])
+            assert first_words in text, (field.name, first_words)
+    for flag in ("--learning_rate", "--num_train_epochs", "--predict_with_generate", "--bf16", "--push_to_hub"):
+        assert flag in text
+
+
+def test_recipe_values_are_overridden_by_flags(tmp_path, monkeypatch):
+    from prefix_tuning_utils.arguments import parse_args
+
+    monkeypatch.chdir(REPO)
+    model_args, data_args, prefix_args, training_args = parse_args(
+        ["recipes/t5-large_financial_phrasebank.yaml", "--num_virtual_tokens", "7", "--output_dir", str(tmp_path)]
+    )
+    assert model_args.model_name_or_path == "t5-large"
+    assert data_args.dataset_name == "financial_phrasebank" and data_args.validation_split_percentage == 10
+    assert prefix_args.num_virtual_tokens == 7
+    assert training_args.learning_rate == 1e-2 and training_args.num_train_epochs == 5
+    assert training_args.per_device_train_batch_size == 8 and training_args.output_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("model_name_or_path: t5-small\nnum_virtual_tokenz: 5\n", "unknown key(s): num_virtual_tokenz"),
+        ("model_name_or_path: [t5-small\n", "not valid YAML"),
+    ],
+)
+def test_bad_recipe_is_refused_with_one_line(tmp_path, content, message):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(content)
+    result = subprocess.run(
+        [sys.executable, "run_prefix_tuning.py", recipe, "--output_dir", tmp_path / "out"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "out").exists()
