@@ -15,15 +15,15 @@ import sys
 
 import datasets
 import transformers
-from transformers import Seq2SeqTrainer, set_seed
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from prefix_tuning_utils.arguments import ArgumentError, parse_args
 from prefix_tuning_utils.data import get_datasets, to_dataset_dict
 from prefix_tuning_utils.metrics import build_compute_metrics
 from prefix_tuning_utils.modeling import (
-    build_prefix_config,
-    build_prefix_model,
+    build_model,
+    build_peft_config,
     check_model_config,
     get_model_config,
     get_tokenizer,
@@ -33,6 +33,8 @@ from prefix_tuning_utils.modeling import (
     trainable_parameters,
 )
 from prefix_tuning_utils.preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
+from prefix_tuning_utils.scoring import LabelScorer
+from prefix_tuning_utils.trainer import PrefixTuningTrainer
 
 
 logger = logging.getLogger(__name__)
@@ -67,8 +69,8 @@ def main(argv=None):
 
     # Checks that need no weights: config, tokenizer, data.
     config = get_model_config(model_args)
-    check_model_config(config, fp16=training_args.fp16)
-    tokenizer = get_tokenizer(model_args)
+    task = check_model_config(config, fp16=training_args.fp16)
+    tokenizer = get_tokenizer(model_args, task)
     splits, labels = get_datasets(data_args, model_args.cache_dir, model_args.token)
     if training_args.do_train and "train" not in splits:
         raise ArgumentError("--do_train needs training data: --dataset_name or --train_file.")
@@ -84,7 +86,17 @@ def main(argv=None):
         if limit is not None and split in splits:
             splits[split] = splits[split].head(limit)
     sizes = ", ".join(f"{name}: {len(data)}" for name, data in splits.items())
-    logger.info(f"Labels: {', '.join(labels)}; examples: {sizes}")
+    logger.info(f"Task: {task}; labels: {', '.join(labels)}; examples: {sizes}")
+
+    # Evaluation: seq2seq models generate their answer through Seq2SeqTrainer (predict_with_generate); label
+    # scoring, and any evaluation of a decoder-only model, is done by our trainer's own loop.
+    eval_mode = (
+        data_args.eval_mode if data_args.eval_mode != "auto" else ("generate" if task == "seq2seq" else "score")
+    )
+    trainer_generates = task == "seq2seq" and eval_mode == "generate"
+    training_args.predict_with_generate = trainer_generates
+    if training_args.generation_max_length is None:
+        training_args.generation_max_length = max_label_tokens(tokenizer, labels, task) + 2
 
     last_checkpoint = None
     if os.path.isdir(training_args.output_dir) and training_args.do_train:
@@ -93,31 +105,34 @@ def main(argv=None):
             logger.info(f"Checkpoint found, resuming training at {last_checkpoint}.")
     set_seed(training_args.seed)
 
-    # Model: frozen base + trainable prefix.
-    model = load_base_model(model_args, config)
-    model = build_prefix_model(model, build_prefix_config(config, prefix_args))
+    # Model: frozen base + trainable prefix (or a baseline method).
+    model = load_base_model(model_args, config, task)
+    model = build_model(model, build_peft_config(config, prefix_args, task))
     if initialises_from_config(model_args) and training_args.should_save:
         save_initialised_base(model, tokenizer, training_args.output_dir)
     trainable, total = trainable_parameters(model)
-    logger.info(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f} %)")
+    logger.info(
+        f"Tuning method: {prefix_args.tuning_method}; trainable parameters: {trainable:,} of {total:,} "
+        f"({100 * trainable / total:.3f} %)"
+    )
 
-    label_length = max_label_tokens(tokenizer, labels)
-    if training_args.generation_max_length is None:
-        training_args.generation_max_length = label_length + 2
     with training_args.main_process_first(desc="tokenisation"):
         tokenized = {
-            name: tokenize_dataset(dataset, tokenizer, data_args, name)
+            name: tokenize_dataset(dataset, tokenizer, data_args, name, task)
             for name, dataset in to_dataset_dict(splits).items()
         }
 
-    trainer = Seq2SeqTrainer(
+    trainer = PrefixTuningTrainer(
         model=model,
         args=training_args,
         train_dataset=tokenized.get("train") if training_args.do_train else None,
         eval_dataset=tokenized.get("validation") if training_args.do_eval else None,
         processing_class=tokenizer,
         data_collator=get_data_collator(tokenizer, pad_to_multiple_of=8 if training_args.bf16 else None),
-        compute_metrics=build_compute_metrics(tokenizer, labels) if training_args.predict_with_generate else None,
+        compute_metrics=build_compute_metrics(tokenizer, labels) if trainer_generates else None,
+        scorer=LabelScorer(model, tokenizer, labels, data_args, task),
+        eval_examples=splits.get("validation"),
+        eval_mode=eval_mode,
     )
 
     if training_args.do_train:
@@ -127,6 +142,7 @@ def main(argv=None):
         trainer.save_model()
         metrics = train_result.metrics
         metrics["train_samples"] = len(tokenized["train"])
+        metrics["tuning_method"] = prefix_args.tuning_method
         metrics["trainable_parameters"] = trainable
         metrics["trainable_percent"] = 100 * trainable / total
         trainer.log_metrics("train", metrics)

@@ -57,12 +57,30 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow models that ship their own modelling code on the Hub."}
     )
+    gguf_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Load the model from this GGUF file inside --model_name_or_path (dequantised to full precision "
+            "by transformers; needs the `gguf` package)."
+        },
+    )
+
+
+TUNING_METHODS = ("prefix", "prompt", "lora", "full")
 
 
 @dataclass
 class PrefixArguments:
-    """The prefix: the only parameters that are trained."""
+    """The prefix: the only parameters that are trained (or, as a baseline, another tuning method)."""
 
+    tuning_method: Literal["prefix", "prompt", "lora", "full"] = field(
+        default="prefix",
+        metadata={
+            "help": "What to train: `prefix` (prefix tuning, the point of this package), or the baselines `prompt` "
+            "(prompt tuning: virtual input embeddings), `lora` (low-rank adapters, --lora_r) and `full` (every "
+            "weight). Data, split, evaluation and outputs are the same for all four."
+        },
+    )
     num_virtual_tokens: int = field(
         default=20, metadata={"help": "Length of the prefix: virtual key/value vectors in every attention layer."}
     )
@@ -85,7 +103,17 @@ class PrefixArguments:
         },
     )
 
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (--tuning_method lora)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha (--tuning_method lora)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (--tuning_method lora)."})
+
     def __post_init__(self):
+        if self.tuning_method not in TUNING_METHODS:
+            raise ArgumentError(
+                f"--tuning_method must be one of {', '.join(TUNING_METHODS)}, got {self.tuning_method!r}."
+            )
+        if self.lora_r < 1:
+            raise ArgumentError(f"--lora_r must be at least 1, got {self.lora_r}.")
         if self.num_virtual_tokens < 1:
             raise ArgumentError(f"--num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}.")
         if self.encoder_hidden_size is not None and self.encoder_hidden_size < 1:
@@ -140,7 +168,22 @@ class DataTrainingArguments:
     )
     split_seed: int = field(default=42, metadata={"help": "Seed of the held-out split (independent of --seed)."})
     source_prefix: str = field(
-        default="", metadata={"help": "Text put before every input, e.g. `sentiment: ` (T5 task prefixes)."}
+        default="", metadata={"help": "Text put before every input of a seq2seq model, e.g. `sentiment: `."}
+    )
+    prompt_template: str = field(
+        default="Sentence: {text}\nSentiment:",
+        metadata={
+            "help": "Prompt of a decoder-only model; `{text}` is replaced by the sentence and the model continues "
+            "with a space and the label word."
+        },
+    )
+    eval_mode: Literal["auto", "generate", "score"] = field(
+        default="auto",
+        metadata={
+            "help": "How evaluation picks the answer: `generate` (the model writes it; answers that are no label "
+            "count as wrong), `score` (rank classification: the label word with the highest log-probability), or "
+            "`auto`: generate for seq2seq models, score for decoder-only models."
+        },
     )
     max_source_length: int = field(
         default=256, metadata={"help": "Inputs are truncated to this many tokens (padding is per batch)."}
@@ -180,6 +223,10 @@ class DataTrainingArguments:
             raise ArgumentError(
                 f"--validation_split_percentage must be between 0 and 100, got {self.validation_split_percentage}."
             )
+        if "{text}" not in self.prompt_template:
+            raise ArgumentError(f"--prompt_template must contain {{text}}, got {self.prompt_template!r}.")
+        if self.eval_mode not in ("auto", "generate", "score"):
+            raise ArgumentError(f"--eval_mode must be auto, generate or score, got {self.eval_mode!r}.")
         if self.label_words is not None:
             names = self.label_list
             if len(names) < 2 or len(set(names)) != len(names) or any(not n for n in names):

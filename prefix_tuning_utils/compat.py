@@ -21,7 +21,9 @@ What it does
 
 * ``prepare_inputs_for_generation``: hands the prefix to the model under the keyword its ``forward`` accepts,
   on every step that has no cache yet (the first step, or every step with ``use_cache=False``), and keeps the
-  attention mask of causal models in step with it.
+  attention mask of causal models in step with it. For causal models it also shifts the position ids that
+  ``generate()`` derives from the attention mask by ``num_virtual_tokens``: in training (peft's ``forward``) the
+  real tokens come after the prefix, so generation must number them the same way.
 * ``forward`` / ``generate``: install a forward pre-hook on the base model that renames ``past_key_values`` to
   ``cache`` when the model's ``forward`` takes ``cache`` and no longer takes ``past_key_values``.
 
@@ -108,11 +110,14 @@ def _prepare_inputs_for_generation(self, *args, task_ids=None, **kwargs):
         cache = self.get_prompt(ids.shape[0])
     model_inputs[key] = cache
     if not is_encoder_decoder:
+        num_virtual = self.active_peft_config.num_virtual_tokens
         mask = model_inputs.get("attention_mask")
         if mask is not None and mask.dim() == 2:
-            num_virtual = self.active_peft_config.num_virtual_tokens
-            ones = mask.new_ones(mask.shape[0], num_virtual)
-            model_inputs["attention_mask"] = torch.cat([ones, mask], dim=1)
+            model_inputs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], num_virtual), mask], dim=1)
+        # In training (peft's forward) the real tokens sit after the prefix: positions start at num_virtual_tokens.
+        # generate() counts positions from the attention mask, from 0; shift them to match training.
+        if model_inputs.get("position_ids") is not None:
+            model_inputs["position_ids"] = model_inputs["position_ids"] + num_virtual
     return model_inputs
 
 

@@ -1,4 +1,4 @@
-"""Tokenisation of labelled sentences into text-to-text training examples, and batching."""
+"""Turning labelled sentences into model inputs: text-to-text (seq2seq) or prompt + answer (decoder-only)."""
 
 from __future__ import annotations
 
@@ -8,24 +8,56 @@ from transformers import DataCollatorForSeq2Seq
 from .arguments import DataTrainingArguments
 
 
-__all__ = ["tokenize_dataset", "get_data_collator", "max_label_tokens"]
+__all__ = [
+    "causal_answer_ids",
+    "causal_prompt",
+    "get_data_collator",
+    "max_label_tokens",
+    "tokenize_dataset",
+]
+
+
+def causal_prompt(args: DataTrainingArguments, text: str) -> str:
+    return args.prompt_template.replace("{text}", text)
+
+
+def causal_answer_ids(tokenizer, labels: list[str]) -> list[list[int]]:
+    """Token ids of each answer a decoder-only model is taught to write: a space, the label word, end-of-sequence."""
+    ids = tokenizer([" " + label for label in labels], add_special_tokens=False)["input_ids"]
+    return [list(seq) + [tokenizer.eos_token_id] for seq in ids]
+
+
+def seq2seq_source(args: DataTrainingArguments, text: str) -> str:
+    return args.source_prefix + text
 
 
 def tokenize_dataset(
-    dataset: Dataset, tokenizer, args: DataTrainingArguments, description: str, with_labels: bool = True
+    dataset: Dataset, tokenizer, args: DataTrainingArguments, description: str, task: str = "seq2seq"
 ) -> Dataset:
-    """Tokenise `text` (with --source_prefix) and the label word; no padding here (it is done per batch)."""
+    """Tokenise `text` and the label word; no padding here (it is done per batch).
 
-    def tokenize(batch):
-        inputs = [args.source_prefix + text for text in batch["text"]]
+    seq2seq: the input is --source_prefix + text, the target the label word.
+    causal: the input is the --prompt_template followed by " label</s>"; the loss is on the answer tokens only.
+    """
+
+    def tokenize_seq2seq(batch):
+        inputs = [seq2seq_source(args, text) for text in batch["text"]]
         features = tokenizer(inputs, max_length=args.max_source_length, truncation=True)
-        if with_labels:
-            targets = tokenizer(text_target=batch["label"], max_length=args.max_target_length, truncation=True)
-            features["labels"] = targets["input_ids"]
+        targets = tokenizer(text_target=batch["label"], max_length=args.max_target_length, truncation=True)
+        features["labels"] = targets["input_ids"]
         return features
 
+    def tokenize_causal(batch):
+        prompts = tokenizer(
+            [causal_prompt(args, text) for text in batch["text"]], max_length=args.max_source_length, truncation=True
+        )["input_ids"]
+        answers = causal_answer_ids(tokenizer, batch["label"])
+        input_ids = [p + a[: args.max_target_length] for p, a in zip(prompts, answers)]
+        labels = [[-100] * len(p) + a[: args.max_target_length] for p, a in zip(prompts, answers)]
+        return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids], "labels": labels}
+
     return dataset.map(
-        tokenize,
+        tokenize_seq2seq if task == "seq2seq" else tokenize_causal,
         batched=True,
         remove_columns=dataset.column_names,
         num_proc=args.preprocessing_num_workers,
@@ -34,13 +66,19 @@ def tokenize_dataset(
     )
 
 
-def max_label_tokens(tokenizer, labels: list[str]) -> int:
-    """Length in tokens of the longest label word (with the end-of-sequence token)."""
+def max_label_tokens(tokenizer, labels: list[str], task: str = "seq2seq") -> int:
+    """Length in tokens of the longest answer (with the end-of-sequence token)."""
+    if task == "causal":
+        return max(len(ids) for ids in causal_answer_ids(tokenizer, labels))
     return max(len(ids) for ids in tokenizer(text_target=labels)["input_ids"])
 
 
 def get_data_collator(tokenizer, pad_to_multiple_of: int | None = None) -> DataCollatorForSeq2Seq:
-    """Pad each batch to its longest example; label padding is -100 so it is ignored by the loss."""
+    """Pad each batch to its longest example; label padding is -100 so it is ignored by the loss.
+
+    Works for both tasks: a decoder-only example's input_ids and labels have the same length, so padding both
+    on the tokenizer's side keeps them aligned.
+    """
     return DataCollatorForSeq2Seq(
         tokenizer, label_pad_token_id=-100, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt"
     )

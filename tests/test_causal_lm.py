@@ -1,0 +1,135 @@
+"""Decoder-only models: generation uses the prefix, and every --tuning_method trains and evaluates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PrefixTuningConfig, TaskType, get_peft_model
+from transformers import LlamaForCausalLM
+
+import run_prefix_tuning
+from tests.conftest import REPO, tiny_llama_config
+
+
+VOCAB = 48
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def prefix_llama():
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(tiny_llama_config(VOCAB, tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        # Larger random weights than the default init, so that the answers depend on the prefix.
+        for param in base.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.5)
+    model = get_peft_model(base, PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=5)).eval()
+    with torch.no_grad():
+        for param in model.prompt_encoder.parameters():
+            param.normal_(0.0, 2.0)
+    return base, model
+
+
+def manual_greedy(model, prompt: list[int], steps=STEPS):
+    """Greedy decoding of one unpadded prompt by full forward passes (the training path), no cache."""
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
+    return ids[0, len(prompt) :].tolist()
+
+
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16]]
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_causal_generate_equals_manual_loop_with_left_padding(prefix_llama, use_cache):
+    base, model = prefix_llama
+    width = max(map(len, PROMPTS))
+    input_ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
+    attention_mask = (
+        torch.arange(width).unsqueeze(0) >= torch.tensor([width - len(p) for p in PROMPTS]).unsqueeze(1)
+    ).long()
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=STEPS,
+            min_new_tokens=STEPS,
+            do_sample=False,
+            use_cache=use_cache,
+            pad_token_id=0,
+        )
+    expected = [manual_greedy(model, p) for p in PROMPTS]
+    assert out[:, width:].tolist() == expected
+    with model.disable_adapter():
+        assert [manual_greedy(base, p) for p in PROMPTS] != expected, "the prefix should change the answers"
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt", "lora", "full"])
+def test_every_tuning_method_trains_and_evaluates_a_decoder_only_model(tmp_path, tiny_llama_dir, method):
+    out = tmp_path / method
+    trainer = run_prefix_tuning.main(
+        [
+            "--model_name_or_path", str(tiny_llama_dir),
+            "--train_file", str(REPO / "examples" / "quickstart.txt"),
+            "--tuning_method", method,
+            "--output_dir", str(out),
+            "--do_train", "--do_eval",
+            "--max_steps", "4",
+            "--learning_rate", "1e-2" if method != "full" else "1e-3",
+            "--per_device_train_batch_size", "8",
+            "--per_device_eval_batch_size", "16",
+            "--report_to", "none",
+        ]
+    )  # fmt: skip
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["tuning_method"] == method
+    assert results["eval_samples"] == 17 and 0.0 <= results["eval_accuracy"] <= 1.0
+    assert results["eval_invalid_rate"] == 0.0  # label scoring always answers with a label
+    assert "eval_loss" in results and "eval_macro_f1" in results
+    trainable = results["trainable_parameters"]
+    total = sum(p.numel() for p in trainer.model.parameters())
+    if method == "full":
+        assert trainable == total and (out / "model.safetensors").is_file()
+    else:
+        assert 0 < trainable < total and (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["prompt", "lora", "full"])
+def test_baseline_methods_on_seq2seq(tmp_path, tiny_t5_dir, method):
+    out = tmp_path / method
+    run_prefix_tuning.main(
+        [
+            "--model_name_or_path", str(tiny_t5_dir),
+            "--train_file", str(REPO / "examples" / "quickstart.txt"),
+            "--tuning_method", method,
+            "--output_dir", str(out),
+            "--do_train", "--do_eval",
+            "--max_steps", "3",
+            "--report_to", "none",
+        ]
+    )  # fmt: skip
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["tuning_method"] == method and "eval_accuracy" in results
+
+
+def test_score_mode_evaluation_on_seq2seq(tmp_path, tiny_t5_dir):
+    out = tmp_path / "score"
+    run_prefix_tuning.main(
+        [
+            "--model_name_or_path", str(tiny_t5_dir),
+            "--train_file", str(REPO / "examples" / "quickstart.txt"),
+            "--eval_mode", "score",
+            "--output_dir", str(out),
+            "--do_train", "--do_eval",
+            "--max_steps", "2",
+            "--report_to", "none",
+        ]
+    )  # fmt: skip
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_invalid_rate"] == 0.0 and results["eval_samples"] == 17
