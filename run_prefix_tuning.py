@@ -10,13 +10,11 @@ Only the prefix (a few virtual key/value vectors per attention layer) is trained
 """
 
 import logging
-import os
 import sys
 
 import datasets
 import transformers
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from prefix_tuning_utils.arguments import ArgumentError, parse_args
 from prefix_tuning_utils.data import get_datasets, to_dataset_dict
@@ -32,9 +30,10 @@ from prefix_tuning_utils.modeling import (
     save_initialised_base,
     trainable_parameters,
 )
+from prefix_tuning_utils.output_dir import prepare_output_dir
 from prefix_tuning_utils.preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
 from prefix_tuning_utils.scoring import LabelScorer
-from prefix_tuning_utils.trainer import PrefixTuningTrainer
+from prefix_tuning_utils.trainer import PrefixTuningTrainer, TrainingDivergedError
 
 
 logger = logging.getLogger(__name__)
@@ -53,8 +52,10 @@ def setup_logging(training_args) -> None:
     logging.getLogger("prefix_tuning_utils").setLevel(log_level)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.enable_default_handler()
-    transformers.utils.logging.enable_explicit_format()
+    # Every log line goes to stdout through the root handler, so that stderr holds only progress bars and, on bad
+    # input, the one-line error.
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
     logger.warning(
         f"Process rank: {training_args.process_index}, device: {training_args.device}, "
         f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value}, "
@@ -98,11 +99,12 @@ def main(argv=None):
     if training_args.generation_max_length is None:
         training_args.generation_max_length = max_label_tokens(tokenizer, labels, task) + 2
 
-    last_checkpoint = None
-    if os.path.isdir(training_args.output_dir) and training_args.do_train:
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
-        if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
-            logger.info(f"Checkpoint found, resuming training at {last_checkpoint}.")
+    checkpoint = prepare_output_dir(
+        training_args.output_dir,
+        training_args.do_train,
+        training_args.overwrite_output_dir,
+        training_args.resume_from_checkpoint,
+    )
     set_seed(training_args.seed)
 
     # Model: frozen base + trainable prefix (or a baseline method).
@@ -137,7 +139,6 @@ def main(argv=None):
 
     if training_args.do_train:
         logger.info("*** Train ***")
-        checkpoint = training_args.resume_from_checkpoint or last_checkpoint
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         metrics = train_result.metrics
@@ -167,12 +168,23 @@ def main(argv=None):
     return trainer
 
 
-def cli() -> None:
+def cli(argv=None) -> None:
+    """Run `main`; a problem with the user's input is one line on stderr and exit code 2 (traceback: --debug)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv and (
+        argv.index("--debug") == len(argv) - 1 or argv[argv.index("--debug") + 1][:2] == "--"
+    )
+    if debug:  # a bare --debug is ours; `--debug underflow_overflow` stays the Trainer's
+        argv.remove("--debug")
     try:
-        main()
-    except ArgumentError as err:
+        main(argv)
+    except (ArgumentError, TrainingDivergedError) as err:
+        if debug:
+            raise
+        if isinstance(err, TrainingDivergedError):
+            print(file=sys.stderr)  # ends the progress bar's line
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(err, ArgumentError) else 1)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ __all__ = [
     "DataTrainingArguments",
     "ModelArguments",
     "PrefixArguments",
+    "PrefixTrainingArguments",
     "ArgumentError",
     "parse_args",
     "DATA_EXTENSIONS",
@@ -239,7 +240,20 @@ class DataTrainingArguments:
         return [name.strip() for name in self.label_words.split(",")]
 
 
-def _check_training_args(model_args: ModelArguments, training_args: Seq2SeqTrainingArguments) -> None:
+@dataclass
+class PrefixTrainingArguments(Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` plus the output-folder policy of this package."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train again in an --output_dir that holds a finished run: its checkpoints and result files are "
+            "removed first (nothing else). Without it, a finished run is refused and an unfinished one resumed."
+        },
+    )
+
+
+def _check_training_args(model_args: ModelArguments, training_args: PrefixTrainingArguments) -> None:
     if model_args.model_name_or_path is None:
         raise ArgumentError("--model_name_or_path is required (e.g. t5-large, or a local model folder).")
     if training_args.gradient_checkpointing:
@@ -275,10 +289,10 @@ def _recipe_defaults(parser: HfArgumentParser, path: str) -> dict:
 
 def parse_args(
     argv: list[str] | None = None,
-) -> tuple[ModelArguments, DataTrainingArguments, PrefixArguments, Seq2SeqTrainingArguments]:
+) -> tuple[ModelArguments, DataTrainingArguments, PrefixArguments, PrefixTrainingArguments]:
     """Parse a recipe file (optional, first argument) and command-line flags; flags override the recipe."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, PrefixArguments, Seq2SeqTrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, PrefixArguments, PrefixTrainingArguments))
     if argv and not argv[0].startswith("-") and argv[0].lower().endswith(RECIPE_EXTENSIONS):
         recipe = _recipe_defaults(parser, argv[0])
         cli = argv[1:]
@@ -289,6 +303,11 @@ def parse_args(
                 action.required = False
     else:
         cli = argv
-    model_args, data_args, prefix_args, training_args = parser.parse_args_into_dataclasses(args=cli)
+    try:
+        model_args, data_args, prefix_args, training_args = parser.parse_args_into_dataclasses(args=cli)
+    except ArgumentError:
+        raise
+    except ValueError as err:  # transformers' own checks, e.g. unknown flags or conflicting training arguments
+        raise ArgumentError(" ".join(str(err).split())) from None
     _check_training_args(model_args, training_args)
     return model_args, data_args, prefix_args, training_args

@@ -23,7 +23,10 @@ from transformers import (
     AutoTokenizer,
     PretrainedConfig,
 )
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
 
 from .arguments import ArgumentError, ModelArguments, PrefixArguments
 
@@ -89,7 +92,9 @@ def get_task(config: PretrainedConfig) -> Task:
     """seq2seq for encoder-decoder models, causal for decoder-only language models; anything else is refused."""
     if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
-    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    # BERT-like encoders also have a (decoder-mode) causal LM class; they count only when configured as decoders.
+    encoder_only = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not encoder_only:
         return "causal"
     raise ArgumentError(
         f"--model_name_or_path is a {config.model_type!r} model, which has neither a seq2seq nor a causal language "
