@@ -151,8 +151,14 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _example_answer(model, tokenizer, source_prefix: str) -> list[str]:
-    """What the trained model answers to the card's example sentence, called exactly as the card's snippet does."""
+def _example_answer(trainer, source_prefix: str) -> list[str] | None:
+    """What the trained model answers to the card's example sentence, called exactly as the card's snippet does.
+
+    None where the weights are sharded across processes (FSDP, DeepSpeed): one process cannot generate alone.
+    """
+    if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
+        return None
+    model, tokenizer = trainer.model, trainer.processing_class
     model.eval()
     device = next(model.parameters()).device
     inputs = tokenizer([source_prefix + EXAMPLE_SENTENCE], return_tensors="pt").to(device)
@@ -203,7 +209,7 @@ def build_run_record(
         "evaluation": None,
         "example": {
             "sentence": EXAMPLE_SENTENCE,
-            "answer": _example_answer(trainer.model, trainer.processing_class, data_args.source_prefix),
+            "answer": _example_answer(trainer, data_args.source_prefix),
         },
         "hub": {"model_id": hub_settings.model_id, "revision": hub_settings.revision},
         "versions": _versions(),
@@ -488,6 +494,143 @@ def _results_section(record: dict, results: dict) -> list[str]:
     return lines
 
 
+def _intro(record: dict, results: dict, title: str, base_link: str, data_text: str, labels: str) -> list[str]:
+    lines = [
+        f"# {title}",
+        "",
+        f"A **prefix** for {base_link}, trained by prefix tuning (Li & Liang, 2021) with "
+        "[peft](https://github.com/huggingface/peft) and the `prefix-tuning` package: the base model stays frozen, "
+        f"and {record['prefix']['num_virtual_tokens']} trained key/value vectors in every decoder attention layer "
+        f"make it answer with a label word: {labels}.",
+        "",
+        f"Trained on {data_text}.",
+    ]
+    if "eval_accuracy" in results:
+        macro = f", macro-F1 **{results['eval_macro_f1']:.3f}**" if "eval_macro_f1" in results else ""
+        lines.append(
+            f"Validation accuracy **{results['eval_accuracy']:.3f}**{macro} "
+            f"({results.get('eval_samples', '?')} examples)."
+        )
+    return lines + [""]
+
+
+def _usage_section(record: dict, location: str, revision: str | None, base: str, base_on_hub: str | None) -> list[str]:
+    answer, source_prefix = record["example"]["answer"], record["data"]["source_prefix"]
+    answered = (
+        f"The comment shows what this adapter answered when the run ended ({record['hardware']['device']}, greedy "
+        "decoding). "
+        if answer is not None
+        else ""
+    )
+    lines = [
+        "## How to use",
+        "",
+        usage_snippet(location, source_prefix, revision, answer),
+        "",
+        answered + "The first line imports the `prefix-tuning` package: with transformers 5.24 and later (up to at "
+        "least peft 0.21.2), peft's `generate()` on a prefix-tuned model silently ignores the prefix and returns the "
+        "base model's answer; the import applies a small compatibility layer that fixes it (on transformers 5.23 "
+        "and earlier the snippet is right without it, except with `use_cache=False`).",
+        "",
+    ]
+    if source_prefix:
+        lines += [f"Inputs start with the prefix {source_prefix!r}, as in training.", ""]
+    if not base_on_hub:
+        lines += [f"The base model is the local folder `{base}`: the snippet works only where that folder exists.", ""]
+    return lines + [
+        "### Score a file",
+        "",
+        "With the package installed, this scores a labelled file with the package's own reader (`sentence@label` "
+        "lines as in Financial PhraseBank, or .csv/.json/.jsonl with `sentence` and `label` columns) and metrics:",
+        "",
+        scoring_snippet(location, record, revision),
+        "",
+    ]
+
+
+def _model_table(record: dict, adapter_config: dict, out: Path, base_link: str) -> list[str]:
+    prefix = record["prefix"]
+    trainable, total = record["parameters"]["trainable"], record["parameters"]["total"]
+    adapter_path = out / ADAPTER_WEIGHTS
+    stored, dtype = _adapter_values(adapter_path) if adapter_path.is_file() else (0, "?")
+    adapter_bytes = adapter_path.stat().st_size if adapter_path.is_file() else 0
+    revision = record["base_model_revision"]
+    projection = (
+        "yes (an MLP during training; only the resulting prefix is saved)" if prefix["prefix_projection"] else "no"
+    )
+    return [
+        "### What was trained",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model (frozen) | {base_link}" + (f", revision `{revision}`" if revision != "main" else "") + " |",
+        f"| method | prefix tuning (peft `PrefixTuningConfig`, task `{adapter_config.get('task_type')}`) |",
+        f"| virtual tokens | {prefix['num_virtual_tokens']} in each of {adapter_config.get('num_layers')} decoder "
+        f"layers, keys and values of width {adapter_config.get('token_dim')} |",
+        f"| prefix projection | {projection} |",
+        f"| prefix initialisation | {prefix['init_weights']} |",
+        f"| trainable parameters | {trainable:,} of {total:,} ({100 * trainable / total:.3f} %) |",
+        f"| adapter file | `{ADAPTER_WEIGHTS}`: {stored:,} {dtype} values, {_size(adapter_bytes)} |",
+        "",
+    ]
+
+
+def _data_section(record: dict, data_text: str, labels: str) -> list[str]:
+    data = record["data"]
+    lines = ["### Data", "", f"{data_text}; labels {labels}.", "", "| split | examples |", "|---|---|"]
+    lines += [f"| {split} | {count:,} |" for split, count in data["sizes"].items()]
+    lines.append("")
+    if data["held_out_percentage"] is not None:
+        lines += [
+            f"The validation split is {data['held_out_percentage']:g} % of the training data, held out stratified "
+            f"by label with seed {data['split_seed']} (`--validation_split_percentage`, `--split_seed`).",
+            "",
+        ]
+    return lines + [
+        f"Inputs are truncated to {data['max_source_length']} tokens, targets (label words) to "
+        f"{data['max_target_length']}; batches are padded to their longest example.",
+        "",
+    ]
+
+
+def _run_section(record: dict) -> list[str]:
+    lines = ["### Hyperparameters", "", "| | |", "|---|---|"]
+    for key, value in record["hyperparameters"].items():
+        if value is not None and not (key == "max_steps" and value <= 0):
+            lines.append(f"| {key} | {value} |")
+    hardware, training = record["hardware"], record["training"]
+    gpus = f", {hardware['n_gpu']} GPU(s)" if hardware["n_gpu"] else ""
+    lines += [
+        f"| steps done | {training['global_step']} ({training['epoch'] or 0:g} epochs) |",
+        f"| hardware | {hardware['world_size']} process(es), {hardware['device']}{gpus} |",
+        "",
+        "### Reproduce",
+        "",
+        "From a checkout of the `prefix-tuning` package (tokens are redacted):",
+        "",
+        "```bash",
+        training_command(record),
+        "```",
+        "",
+        "### Framework versions",
+        "",
+    ]
+    return lines + [f"- {name} {version}" for name, version in record["versions"].items()] + [""]
+
+
+def _licence_section(license: str | None, from_data: bool) -> list[str]:
+    if not license:
+        return []
+    if from_data:
+        text = (
+            f"`{license}`, the licence of the training data (Financial PhraseBank v1.0: CC BY-NC-SA 3.0, "
+            "non-commercial use, with attribution, share-alike); check the base model's licence too."
+        )
+    else:
+        text = f"`{license}`, the licence of the base model."
+    return ["## Licence", "", text, ""]
+
+
 def render_model_card(
     output_dir: str | os.PathLike,
     repo_id: str | None = None,
@@ -506,151 +649,27 @@ def render_model_card(
         raise FileNotFoundError(f"{out / RUN_RECORD} is missing: it is written at the end of a training run.")
     results = _read_json(out / "all_results.json")
     adapter_config = _read_json(out / "adapter_config.json")
-    hub = record["hub"]
-    revision = revision if repo_id else (revision or hub["revision"])
-    location = repo_id or hub["model_id"] or record["output_dir"]
-    repo_name = location.rstrip("/").split("/")[-1]
+    revision = revision if repo_id else (revision or record["hub"]["revision"])
+    location = repo_id or record["hub"]["model_id"] or record["output_dir"]
+    title = location.rstrip("/").split("/")[-1]
     base = adapter_config.get("base_model_name_or_path") or record["base_model"]
     base_on_hub = None if _is_local(base) else base
-    data_text, dataset_id, dataset_config, data_license = _dataset_description(record)
-    license = data_license or license
-    data, prefix, hyper = record["data"], record["prefix"], record["hyperparameters"]
-    trainable, total = record["parameters"]["trainable"], record["parameters"]["total"]
-    adapter_path = out / ADAPTER_WEIGHTS
-    stored, dtype = _adapter_values(adapter_path) if adapter_path.is_file() else (0, "?")
-    adapter_bytes = adapter_path.stat().st_size if adapter_path.is_file() else 0
-    labels = ", ".join(f"`{label}`" for label in data["labels"])
     base_link = f"[`{base}`]({HUB_URL}/{base})" if base_on_hub else f"`{base}` (a local folder)"
+    data_text, dataset_id, dataset_config, data_license = _dataset_description(record)
+    labels = ", ".join(f"`{label}`" for label in record["data"]["labels"])
 
-    lines = [
-        f"# {repo_name}",
-        "",
-        f"A **prefix** for {base_link}, trained by prefix tuning (Li & Liang, 2021) with "
-        "[peft](https://github.com/huggingface/peft) and the `prefix-tuning` package: the base model stays frozen, "
-        f"and {prefix['num_virtual_tokens']} trained key/value vectors in every decoder attention layer make it "
-        f"answer with a label word: {labels}.",
-        "",
-        f"Trained on {data_text}.",
-    ]
-    if "eval_accuracy" in results:
-        macro = f", macro-F1 **{results['eval_macro_f1']:.3f}**" if "eval_macro_f1" in results else ""
-        lines.append(
-            f"Validation accuracy **{results['eval_accuracy']:.3f}**{macro} "
-            f"({results.get('eval_samples', '?')} examples)."
-        )
-    lines.append("")
-    lines += _results_section(record, results)
-    if LOSS_PNG in os.listdir(out):
+    lines = _intro(record, results, title, base_link, data_text, labels) + _results_section(record, results)
+    if (out / LOSS_PNG).is_file():
         lines += [f"![Training and validation loss]({LOSS_PNG})", ""]
-
-    lines += [
-        "## How to use",
-        "",
-        usage_snippet(location, data["source_prefix"], revision, record["example"]["answer"]),
-        "",
-        f"The comment shows what this adapter answered when the run ended ({record['hardware']['device']}, "
-        "greedy decoding). The first line imports the `prefix-tuning` package: with transformers 5.24 and later "
-        "(up to at least peft 0.21.2), peft's `generate()` on a prefix-tuned model silently ignores the prefix and "
-        "returns the base model's answer; the import applies a small compatibility layer that fixes it (on "
-        "transformers 5.23 and earlier the snippet is right without it, except with `use_cache=False`).",
-        "",
-    ]
-    if data["source_prefix"]:
-        lines += [f"Inputs start with the prefix {data['source_prefix']!r}, as in training.", ""]
-    if not base_on_hub:
-        lines += [
-            f"The base model is the local folder `{base}`: the snippet works only where that folder exists.",
-            "",
-        ]
-    lines += [
-        "### Score a file",
-        "",
-        "With the package installed, this scores a labelled file with the package's own reader (`sentence@label` "
-        "lines as in Financial PhraseBank, or .csv/.json/.jsonl with `sentence` and `label` columns) and metrics:",
-        "",
-        scoring_snippet(location, record, revision),
-        "",
-    ]
-
-    lines += [
-        "## Training",
-        "",
-        "### What was trained",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| base model (frozen) | {base_link}"
-        + (f", revision `{record['base_model_revision']}`" if record["base_model_revision"] != "main" else "")
-        + " |",
-        f"| method | prefix tuning (peft `PrefixTuningConfig`, task `{adapter_config.get('task_type', 'SEQ_2_SEQ_LM')}`) |",
-        f"| virtual tokens | {prefix['num_virtual_tokens']} in each of {adapter_config.get('num_layers', '?')} decoder "
-        f"layers, keys and values of width {adapter_config.get('token_dim', '?')} |",
-        f"| prefix projection | {'yes (MLP during training; only the resulting prefix is saved)' if prefix['prefix_projection'] else 'no'} |",
-        f"| prefix initialisation | {prefix['init_weights']} |",
-        f"| trainable parameters | {trainable:,} of {total:,} ({100 * trainable / total:.3f} %) |",
-        f"| adapter file | `{ADAPTER_WEIGHTS}`: {stored:,} {dtype} values, {_size(adapter_bytes)} |",
-        "",
-        "### Data",
-        "",
-        f"{data_text}; labels {labels}.",
-        "",
-        "| split | examples |",
-        "|---|---|",
-    ]
-    lines += [f"| {split} | {count:,} |" for split, count in data["sizes"].items()]
-    lines.append("")
-    if data["held_out_percentage"] is not None:
-        lines += [
-            f"The validation split is {data['held_out_percentage']:g} % of the training data, held out stratified "
-            f"by label with seed {data['split_seed']} (`--validation_split_percentage`, `--split_seed`).",
-            "",
-        ]
-    lines += [
-        f"Inputs are truncated to {data['max_source_length']} tokens, targets (label words) to "
-        f"{data['max_target_length']}; batches are padded to their longest example.",
-        "",
-        "### Hyperparameters",
-        "",
-        "| | |",
-        "|---|---|",
-    ]
-    for key, value in hyper.items():
-        if value is None or (key == "max_steps" and value <= 0):
-            continue
-        lines.append(f"| {key} | {value} |")
-    hardware = record["hardware"]
-    lines += [
-        f"| steps done | {record['training']['global_step']} ({record['training']['epoch'] or 0:g} epochs) |",
-        f"| hardware | {hardware['world_size']} process(es), {hardware['device']}"
-        + (f", {hardware['n_gpu']} GPU(s)" if hardware["n_gpu"] else "")
-        + " |",
-        "",
-        "### Reproduce",
-        "",
-        "From a checkout of the `prefix-tuning` package (tokens are redacted):",
-        "",
-        "```bash",
-        training_command(record),
-        "```",
-        "",
-        "### Framework versions",
-        "",
-    ]
-    lines += [f"- {name} {version}" for name, version in record["versions"].items()]
-    lines.append("")
-    if license:
-        lines += ["## Licence", ""]
-        if data_license:
-            lines.append(
-                f"`{license}`, the licence of the training data (Financial PhraseBank v1.0: CC BY-NC-SA 3.0, "
-                "non-commercial use, with attribution, share-alike); check the base model's licence too."
-            )
-        else:
-            lines.append(f"`{license}`, the licence of the base model.")
-        lines.append("")
-    return _front_matter(record, results, location, base_on_hub, dataset_id, dataset_config, license) + "\n".join(
-        ["", *lines]
+    lines += _usage_section(record, location, revision, base, base_on_hub)
+    lines += ["## Training", ""] + _model_table(record, adapter_config, out, base_link)
+    lines += _data_section(record, data_text, labels) + _run_section(record)
+    lines += _licence_section(data_license or license, from_data=data_license is not None)
+    model_name = location if location != record["output_dir"] else title  # a Hub id, or the run folder's name
+    front = _front_matter(
+        record, results, model_name, base_on_hub, dataset_id, dataset_config, data_license or license
     )
+    return front + "\n" + "\n".join(lines)
 
 
 def write_model_card(
