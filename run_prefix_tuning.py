@@ -6,7 +6,8 @@
     python run_prefix_tuning.py --help
 
 Only the prefix (a few virtual key/value vectors per attention layer) is trained; the adapter written to
---output_dir loads with plain `PeftModel.from_pretrained`.
+--output_dir loads with plain `PeftModel.from_pretrained`. With --push_to_hub it is published with a model card;
+`python run_prefix_tuning.py --push_only --output_dir DIR --hub_model_id ID` publishes a finished run again.
 """
 
 import logging
@@ -16,6 +17,7 @@ import datasets
 import transformers
 from transformers import set_seed
 
+from prefix_tuning_utils import hub, model_card
 from prefix_tuning_utils.arguments import ArgumentError, parse_args
 from prefix_tuning_utils.data import get_datasets, to_dataset_dict
 from prefix_tuning_utils.metrics import build_compute_metrics
@@ -64,7 +66,12 @@ def setup_logging(training_args) -> None:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+    if hub.is_push_only(argv):  # publish a finished run again, nothing else
+        return hub.push_only(argv)
     model_args, data_args, prefix_args, training_args = parse_args(argv)
+    # The Trainer must neither push nor pickle the token (training_args.bin): the Hub settings move out of its args.
+    hub_settings = hub.take_hub_settings(training_args, model_args)
     setup_logging(training_args)
     logger.info(f"Model {model_args}\nData {data_args}\nPrefix {prefix_args}\nTraining {training_args}")
 
@@ -86,6 +93,12 @@ def main(argv=None):
     ):
         if limit is not None and split in splits:
             splits[split] = splits[split].head(limit)
+    publishable = task == "seq2seq" and prefix_args.tuning_method != "full"
+    if hub_settings.push_to_hub and not publishable:
+        raise ArgumentError(
+            "--push_to_hub publishes seq2seq adapters (the model card and its snippets are written for them); "
+            f"this run is a {task} model with --tuning_method {prefix_args.tuning_method}. Drop --push_to_hub."
+        )
     sizes = ", ".join(f"{name}: {len(data)}" for name, data in splits.items())
     logger.info(f"Task: {task}; labels: {', '.join(labels)}; examples: {sizes}")
 
@@ -124,6 +137,7 @@ def main(argv=None):
             for name, dataset in to_dataset_dict(splits).items()
         }
 
+    compute_metrics = build_compute_metrics(tokenizer, labels) if trainer_generates else None
     trainer = PrefixTuningTrainer(
         model=model,
         args=training_args,
@@ -131,10 +145,11 @@ def main(argv=None):
         eval_dataset=tokenized.get("validation") if training_args.do_eval else None,
         processing_class=tokenizer,
         data_collator=get_data_collator(tokenizer, pad_to_multiple_of=8 if training_args.bf16 else None),
-        compute_metrics=build_compute_metrics(tokenizer, labels) if trainer_generates else None,
+        compute_metrics=compute_metrics,
         scorer=LabelScorer(model, tokenizer, labels, data_args, task),
         eval_examples=splits.get("validation"),
         eval_mode=eval_mode,
+        callbacks=hub.get_callbacks(hub_settings),
     )
 
     if training_args.do_train:
@@ -156,6 +171,7 @@ def main(argv=None):
         metrics["eval_samples"] = len(tokenized["validation"])
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+        eval_answers = compute_metrics.last_answers if compute_metrics is not None else trainer.last_eval_answers
 
     if training_args.do_predict:
         logger.info("*** Predict ***")
@@ -164,6 +180,25 @@ def main(argv=None):
         metrics["predict_samples"] = len(tokenized["test"])
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
+
+    if training_args.do_train and publishable and trainer.is_world_process_zero():
+        logger.info("*** Model card ***")  # always saved locally, before anything is pushed
+        record = model_card.build_run_record(
+            trainer,
+            argv=argv,
+            model_args=model_args,
+            data_args=data_args,
+            prefix_args=prefix_args,
+            labels=labels,
+            split_sizes={name: len(data) for name, data in splits.items()},
+            parameters=(trainable, total),
+            eval_answers=eval_answers if training_args.do_eval else None,
+            hub_settings=hub_settings,
+        )
+        model_card.save_run_card(training_args.output_dir, record, trainer.state.log_history)
+        if hub_settings.push_to_hub:
+            logger.info("*** Push to the Hub ***")
+            hub.push_run(hub_settings)
 
     return trainer
 
@@ -185,6 +220,9 @@ def cli(argv=None) -> None:
             print(file=sys.stderr)  # ends the progress bar's line
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ArgumentError) else 1)
+    except hub.PushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,11 @@ __all__ = [
 
 DATA_EXTENSIONS = (".txt", ".csv", ".json", ".jsonl")
 RECIPE_EXTENSIONS = (".yaml", ".yml", ".json")
+PUSH_ONLY_USAGE = (
+    "To publish a finished run again without training (e.g. after a failed push): python run_prefix_tuning.py "
+    "--push_only --output_dir DIR [--hub_model_id ID] [--hub_token TOKEN] [--hub_revision BRANCH] "
+    "[--hub_private_repo true]. Publishing is described in README.md (Publishing)."
+)
 
 
 class ArgumentError(ValueError):
@@ -50,6 +55,7 @@ class ModelArguments:
     )
     token: str | None = field(
         default=None,
+        repr=False,  # the arguments are logged: keep the token out of their repr
         metadata={
             "help": "Hub token for private models or datasets; by default the one saved by `hf auth login`. "
             "Never written to any output file."
@@ -292,7 +298,9 @@ def parse_args(
 ) -> tuple[ModelArguments, DataTrainingArguments, PrefixArguments, PrefixTrainingArguments]:
     """Parse a recipe file (optional, first argument) and command-line flags; flags override the recipe."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, PrefixArguments, PrefixTrainingArguments))
+    parser = HfArgumentParser(
+        (ModelArguments, DataTrainingArguments, PrefixArguments, PrefixTrainingArguments), epilog=PUSH_ONLY_USAGE
+    )
     if argv and not argv[0].startswith("-") and argv[0].lower().endswith(RECIPE_EXTENSIONS):
         recipe = _recipe_defaults(parser, argv[0])
         cli = argv[1:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-__all__ = ["classification_metrics", "normalise_answer", "build_compute_metrics"]
+__all__ = ["classification_metrics", "confusion_matrix", "normalise_answer", "build_compute_metrics"]
 
 
 def normalise_answer(text: str) -> str:
@@ -40,8 +40,23 @@ def classification_metrics(predictions: list[str], references: list[str], labels
     return metrics
 
 
+def confusion_matrix(predictions: list[str], references: list[str], labels: list[str]) -> list[list[int]]:
+    """Counts: one row per gold label, one column per label plus a last column for answers that are no label."""
+    norm = {normalise_answer(label): i for i, label in enumerate(labels)}
+    counts = [[0] * (len(labels) + 1) for _ in labels]
+    for prediction, reference in zip(predictions, references):
+        row = norm.get(normalise_answer(reference))
+        if row is not None:
+            counts[row][norm.get(normalise_answer(prediction), len(labels))] += 1
+    return counts
+
+
 def build_compute_metrics(tokenizer, labels: list[str]):
-    """`compute_metrics` for `Seq2SeqTrainer(predict_with_generate=True)`: decode, then compare label words."""
+    """`compute_metrics` for `Seq2SeqTrainer(predict_with_generate=True)`: decode, then compare label words.
+
+    The decoded answers and gold labels of the latest call stay in `compute_metrics.last_answers` (a pair of
+    lists), for the confusion matrix of the model card.
+    """
 
     def decode(ids) -> list[str]:
         ids = np.asarray(ids)
@@ -52,6 +67,9 @@ def build_compute_metrics(tokenizer, labels: list[str]):
         predictions = eval_prediction.predictions
         if isinstance(predictions, tuple):
             predictions = predictions[0]
-        return classification_metrics(decode(predictions), decode(eval_prediction.label_ids), labels)
+        answers, references = decode(predictions), decode(eval_prediction.label_ids)
+        compute_metrics.last_answers = (answers, references)
+        return classification_metrics(answers, references, labels)
 
+    compute_metrics.last_answers = None
     return compute_metrics

@@ -55,6 +55,7 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
                  eval_mode: str = "generate", **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.scorer, self.eval_examples, self.eval_mode = scorer, eval_examples, eval_mode
+        self.last_eval_answers: tuple[list[str], list[str]] | None = None
 
     # --- checkpoints that hold what training needs -------------------------------------------------------------
 
@@ -163,4 +164,5 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
         self.scorer.model = self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
         with torch.no_grad():
             answers = self.answer(examples.texts)
+        self.last_eval_answers = (answers, list(examples.labels))  # for the model card's confusion matrix
         return classification_metrics(answers, examples.labels, self.scorer.labels)

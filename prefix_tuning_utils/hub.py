@@ -1,0 +1,404 @@
+"""Publishing a run on the Hugging Face Hub: `--push_to_hub`, `--push_only`, and no token in anything written.
+
+transformers' `Trainer` pushes by uploading the whole output folder, `training_args.bin` included: a pickle of
+the `TrainingArguments` that holds `--hub_token` in plain text. So `take_hub_settings` moves the Hub settings out
+of the `TrainingArguments` before the `Trainer` (or a log line) sees them: the `Trainer` never pushes and never
+pickles the token. After the run is saved locally, `push_run` publishes an allow-list of top-level files itself
+(adapter, tokenizer, results, model card and its plots) in one commit, after checking that none holds the token.
+A Hub error becomes one `PushError` line that says what failed and the command that retries the push alone:
+
+    python run_prefix_tuning.py --push_only --output_dir runs/x --hub_model_id me/x
+
+`--hub_strategy` is honoured as in transformers: `end` pushes once at the end; `every_save` also pushes the adapter
+at every checkpoint; `checkpoint` also pushes the latest checkpoint's resumable state to `last-checkpoint/`;
+`all_checkpoints` pushes every checkpoint to its own folder. `training_args.bin` is never uploaded.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from . import model_card
+from .arguments import RECIPE_EXTENSIONS, ArgumentError
+
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "HubSettings",
+    "PushError",
+    "PushOnlyArguments",
+    "HubCheckpointCallback",
+    "files_to_publish",
+    "get_callbacks",
+    "is_push_only",
+    "push_only",
+    "push_run",
+    "retry_command",
+    "take_hub_settings",
+]
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+)
+RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json", "predict_results.json")
+CARD_FILES = (model_card.CARD_FILE, *model_card.PLOT_FILES)
+# What `resume_from_checkpoint` needs besides the adapter; never training_args.bin (a pickle of the arguments).
+CHECKPOINT_STATE_PATTERNS = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
+SCRIPT = "run_prefix_tuning.py"
+
+
+class PushError(RuntimeError):
+    """Publishing failed; the message is one line that says what failed and how to retry the push alone."""
+
+
+@dataclass
+class HubSettings:
+    """Where and how to publish; taken out of the TrainingArguments so the Trainer never sees the token."""
+
+    push_to_hub: bool = False
+    model_id: str | None = None
+    token: str | None = field(default=None, repr=False)
+    private: bool | None = None
+    strategy: str = "end"
+    revision: str | None = None
+    output_dir: str = "."
+    repo_id: str | None = None  # the full `namespace/name`, once the repo exists
+
+
+@dataclass
+class PushOnlyArguments:
+    """`--push_only`: publish a finished run again, without training (for example after a failed push)."""
+
+    push_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Publish the finished run in --output_dir on the Hub and do nothing else: its adapter, tokenizer, "
+            "results and a freshly rendered model card. Use it to retry a push that failed."
+        },
+    )
+    output_dir: str | None = field(default=None, metadata={"help": "The finished run's folder."})
+    hub_model_id: str | None = field(
+        default=None,
+        metadata={"help": "Repo to publish to, `name` or `namespace/name` (default: the name of --output_dir)."},
+    )
+    hub_token: str | None = field(
+        default=None, repr=False, metadata={"help": "Hub token with write access (default: `hf auth login`'s)."}
+    )
+    hub_private_repo: bool | None = field(
+        default=None, metadata={"help": "Create the repo private (ignored when it already exists)."}
+    )
+    hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
+
+
+# ---------------------------------------------------------------------------------------- settings and checks
+def _check_repo_id(repo_id: str, flag: str = "--hub_model_id") -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ArgumentError(
+            f"{flag} {repo_id!r} is not a valid Hub repo id ({err}); use `name` or `namespace/name` with letters, "
+            "digits, `-`, `_` and `.`."
+        ) from None
+
+
+def _check_base_model(base: str, source: str) -> None:
+    if os.path.isabs(base) or os.path.isdir(base):
+        raise ArgumentError(
+            f"{source}: the adapter's base model is the local folder {base}, which people who download the adapter "
+            "do not have. Upload the base model to the Hub (`hf upload <you>/<name> <folder>`) and train with "
+            "--model_name_or_path <you>/<name>, or train from a Hub model such as t5-large."
+        )
+
+
+def take_hub_settings(training_args, model_args) -> HubSettings:
+    """Move the Hub settings out of `training_args` and check them, before any work is done.
+
+    Afterwards `training_args.push_to_hub` is False and `training_args.hub_token` is None, so the Trainer does not
+    push the output folder and `training_args.bin` (and the logged arguments) hold no token.
+    """
+    settings = HubSettings(
+        push_to_hub=bool(training_args.push_to_hub),
+        model_id=training_args.hub_model_id,
+        token=training_args.hub_token,
+        private=training_args.hub_private_repo,
+        strategy=getattr(training_args.hub_strategy, "value", training_args.hub_strategy),
+        revision=training_args.hub_revision,
+        output_dir=training_args.output_dir,
+    )
+    training_args.push_to_hub = False
+    training_args.hub_token = None
+    if settings.push_to_hub:
+        if not training_args.do_train:
+            raise ArgumentError(
+                "--push_to_hub publishes the adapter a training run writes: add --do_train (or use --push_only "
+                "to publish a finished run)."
+            )
+        settings.model_id = settings.model_id or Path(settings.output_dir).resolve().name
+        _check_repo_id(settings.model_id)
+        _check_base_model(model_args.model_name_or_path, "--push_to_hub")
+    return settings
+
+
+# -------------------------------------------------------------------------------------------------- pushing
+def files_to_publish(output_dir: str | os.PathLike) -> list[str]:
+    """The top-level files of a finished run that are published; never checkpoints, pickles or run records."""
+    allowed = ADAPTER_FILES + TOKENIZER_FILES + RESULT_FILES + CARD_FILES
+    return [name for name in allowed if os.path.isfile(os.path.join(output_dir, name))]
+
+
+def _checkpoint_files(checkpoint: str, with_state: bool) -> list[str]:
+    names = sorted(os.listdir(checkpoint)) if os.path.isdir(checkpoint) else []
+    allowed = [n for n in names if n in ADAPTER_FILES + TOKENIZER_FILES]
+    if with_state:
+        allowed += [n for n in names if any(fnmatch.fnmatch(n, p) for p in CHECKPOINT_STATE_PATTERNS)]
+    return allowed
+
+
+def _refuse_secrets(paths: list[str], secrets: list[str | None]) -> None:
+    """Last line of defence: no file that holds a token's bytes is uploaded."""
+    for secret in filter(None, secrets):
+        needle = secret.encode()
+        for path in paths:
+            if needle in Path(path).read_bytes():
+                raise PushError(f"refusing to upload {path}: it contains the Hub token. Nothing was pushed.")
+
+
+def retry_command(settings: HubSettings) -> str:
+    parts = [
+        "python",
+        SCRIPT,
+        "--push_only",
+        "--output_dir",
+        settings.output_dir,
+        "--hub_model_id",
+        settings.repo_id or settings.model_id,
+    ]
+    if settings.revision:
+        parts += ["--hub_revision", settings.revision]
+    if settings.private:
+        parts += ["--hub_private_repo", "true"]
+    command = shlex.join(parts)
+    return command + " --hub_token <your token>" if settings.token else command
+
+
+def _describe_failure(err: Exception) -> str:
+    """What went wrong, on one line, with what to do about it."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, HTTPError
+
+    response = getattr(err, "response", None) if isinstance(err, HfHubHTTPError) else None
+    if response is None:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, (HTTPError, ConnectionError)):
+            return f"cannot reach the Hub at {constants.ENDPOINT} ({detail}); check the network connection"
+        return detail
+    status = response.status_code
+    server = " ".join((getattr(err, "server_message", None) or str(err).splitlines()[0]).split())
+    hints = {
+        401: "the token was refused: pass a valid --hub_token or run `hf auth login`",
+        403: "the token may not write there: use a token with write access, or a --hub_model_id in your own "
+        "namespace (the name may belong to someone else)",
+        404: "the repo or branch was not found: check --hub_model_id and --hub_revision",
+        409: "the name conflicts with an existing repo: choose another --hub_model_id",
+        412: "the branch moved during the push: retry",
+        429: "too many requests: wait a little",
+    }
+    hint = hints.get(status, "the Hub had an internal error: try again later" if status >= 500 else "see above")
+    return f"HTTP {status} ({server}); {hint}"
+
+
+def _get_api(settings: HubSettings):
+    from huggingface_hub import HfApi
+
+    return HfApi(token=settings.token)
+
+
+def _ensure_repo(api, settings: HubSettings) -> str:
+    if settings.repo_id is None:
+        url = api.create_repo(settings.model_id, private=settings.private, exist_ok=True)
+        settings.repo_id = url.repo_id
+        if settings.revision:
+            api.create_branch(settings.repo_id, branch=settings.revision, exist_ok=True)
+    return settings.repo_id
+
+
+def _base_model_license(api, base: str | None) -> str | None:
+    """The base model's licence from its Hub tags, where the Hub knows it (best effort)."""
+    if not base or os.path.isabs(base) or os.path.isdir(base):
+        return None
+    try:
+        info = api.model_info(base)
+    except Exception:  # noqa: BLE001 - a missing licence only leaves the card's `license` out
+        return None
+    card_data = getattr(info, "card_data", None)
+    license = getattr(card_data, "license", None) if card_data is not None else None
+    if license is None:
+        license = next((t.split(":", 1)[1] for t in info.tags or [] if t.startswith("license:")), None)
+    return license if isinstance(license, str) else None
+
+
+def push_run(settings: HubSettings) -> str:
+    """Publish the finished run in `settings.output_dir` in one commit; returns the commit URL.
+
+    Renders the model card again with the repo id the Hub gives (also written locally, so the local card is the
+    published one). Raises `PushError` (one line) on any Hub or network error; the local files are untouched
+    apart from README.md.
+    """
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.errors import HTTPError
+
+    out = settings.output_dir
+    adapter_config = Path(out, "adapter_config.json")
+    if not (adapter_config.is_file() and Path(out, ADAPTER_FILES[0]).is_file()):
+        raise ArgumentError(
+            f"--output_dir {out} holds no adapter ({', '.join(ADAPTER_FILES)}): nothing to push. Point --output_dir "
+            "at a finished training run."
+        )
+    if not Path(out, model_card.RUN_RECORD).is_file():
+        raise ArgumentError(
+            f"--output_dir {out} has no {model_card.RUN_RECORD} (written at the end of a training run by this "
+            "package): the model card cannot be made. Run the training again with this version of the package."
+        )
+    base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    _check_base_model(base or "", f"--output_dir {out}")
+    api = _get_api(settings)
+    stage = "creating the repo"
+    try:
+        repo_id = _ensure_repo(api, settings)
+        model_card.write_model_card(out, repo_id, settings.revision, _base_model_license(api, base))
+        names = files_to_publish(out)
+        paths = [os.path.join(out, name) for name in names]
+        _refuse_secrets(paths, [settings.token])
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=path) for name, path in zip(names, paths)]
+        stage = "committing the files to"
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message="Prefix-tuned adapter, tokenizer and model card",
+            revision=settings.revision,
+        )
+    except (HTTPError, OSError) as err:
+        raise PushError(
+            f"pushing {out} to the Hub failed while {stage} {settings.repo_id or settings.model_id}: "
+            f"{_describe_failure(err)}. The run is saved in {out}; retry the push alone with: "
+            f"{retry_command(settings)}"
+        ) from None
+    logger.info("Pushed %d files of %s to %s: %s", len(names), out, repo_id, info.commit_url)
+    return info.commit_url
+
+
+class HubCheckpointCallback(TrainerCallback):
+    """Pushes at every save for `--hub_strategy every_save|checkpoint|all_checkpoints`; a failure is a warning."""
+
+    def __init__(self, settings: HubSettings):
+        self.settings = settings
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        from huggingface_hub import CommitOperationAdd
+        from huggingface_hub.errors import HTTPError
+
+        strategy = self.settings.strategy
+        checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        uploads = [(name, name) for name in _checkpoint_files(checkpoint, with_state=False)]
+        if strategy == "checkpoint":
+            uploads += [(f"last-checkpoint/{n}", n) for n in _checkpoint_files(checkpoint, with_state=True)]
+        elif strategy == "all_checkpoints":
+            folder = os.path.basename(checkpoint)
+            uploads += [(f"{folder}/{n}", n) for n in _checkpoint_files(checkpoint, with_state=True)]
+        if not uploads:
+            return
+        paths = [os.path.join(checkpoint, local) for _, local in uploads]
+        try:
+            _refuse_secrets(paths, [self.settings.token])
+            api = _get_api(self.settings)
+            repo_id = _ensure_repo(api, self.settings)
+            operations = [CommitOperationAdd(path_in_repo=r, path_or_fileobj=p) for (r, _), p in zip(uploads, paths)]
+            api.create_commit(
+                repo_id,
+                operations,
+                commit_message=f"Training in progress, step {state.global_step}",
+                revision=self.settings.revision,
+            )
+        except (HTTPError, OSError, PushError) as err:
+            logger.warning(
+                "Pushing checkpoint %s to the Hub failed (%s); training goes on, and the push at the end tries again.",
+                state.global_step,
+                _describe_failure(err) if not isinstance(err, PushError) else err,
+            )
+
+
+def get_callbacks(settings: HubSettings) -> list[TrainerCallback]:
+    return [HubCheckpointCallback(settings)] if settings.push_to_hub and settings.strategy != "end" else []
+
+
+# ------------------------------------------------------------------------------------------------ --push_only
+def is_push_only(argv: list[str]) -> bool:
+    return any(arg == "--push_only" or arg.startswith("--push_only=") for arg in argv)
+
+
+def push_only(argv: list[str]) -> str:
+    """`run_prefix_tuning.py --push_only --output_dir DIR [--hub_model_id ID] ...`: publish, nothing else.
+
+    A recipe given first supplies --output_dir and the hub_* settings; its other keys describe the training and are
+    ignored. Any other flag is an error.
+    """
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+        level=logging.INFO,
+    )
+    parser = HfArgumentParser(PushOnlyArguments)
+    cli = list(argv)
+    if cli and not cli[0].startswith("-") and cli[0].lower().endswith(RECIPE_EXTENSIONS):
+        recipe = yaml.safe_load(Path(cli[0]).read_text(encoding="utf-8")) if os.path.isfile(cli[0]) else None
+        if not isinstance(recipe, dict):
+            raise ArgumentError(f"Recipe {cli[0]} does not exist or is not a mapping of argument names to values.")
+        known = {f.name for f in fields(PushOnlyArguments)}
+        parser.set_defaults(**{key: value for key, value in recipe.items() if key in known})
+        cli = cli[1:]
+    (args, rest) = parser.parse_args_into_dataclasses(args=cli, return_remaining_strings=True)
+    if rest:
+        raise ArgumentError(
+            "--push_only publishes a finished run and takes only --output_dir, --hub_model_id, --hub_token, "
+            f"--hub_private_repo and --hub_revision; got {' '.join(rest)}."
+        )
+    if args.output_dir is None:
+        raise ArgumentError("--push_only needs --output_dir: the folder of the finished run to publish.")
+    settings = HubSettings(
+        push_to_hub=True,
+        model_id=args.hub_model_id or Path(args.output_dir).resolve().name,
+        token=args.hub_token,
+        private=args.hub_private_repo,
+        revision=args.hub_revision,
+        output_dir=args.output_dir,
+    )
+    _check_repo_id(settings.model_id)
+    return push_run(settings)

@@ -1,0 +1,689 @@
+"""The model card of a run: a README.md written from what the run did, with its plots.
+
+At the end of a run (on world process zero) `save_run_card` writes, next to the adapter:
+
+* `run_record.json`: what the card says that no other output file holds: the command (tokens redacted), the
+  data and its split, the hyperparameters, the confusion matrix, the answer to an example sentence, versions;
+* `confusion_matrix.png` and `loss_curve.png` (matplotlib's Agg canvas: no GUI, no global backend change);
+* `README.md`: the card, rendered by `render_model_card` from those files, `all_results.json`,
+  `adapter_config.json` and the adapter file. `hub.push_run` renders it again with the repo id it pushes to.
+
+Nothing here reads a pickle, and the record is built from redacted values only: it holds no token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shlex
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from .data import FINANCIAL_PHRASEBANK_CONFIGS, FINANCIAL_PHRASEBANK_REPO
+
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CARD_FILE",
+    "EXAMPLE_SENTENCE",
+    "PLOT_FILES",
+    "RUN_RECORD",
+    "build_run_record",
+    "redact_argv",
+    "render_model_card",
+    "save_run_card",
+    "scoring_snippet",
+    "training_command",
+    "usage_snippet",
+    "write_model_card",
+    "write_plots",
+]
+
+CARD_FILE = "README.md"
+RUN_RECORD = "run_record.json"
+CONFUSION_PNG = "confusion_matrix.png"
+LOSS_PNG = "loss_curve.png"
+PLOT_FILES = (CONFUSION_PNG, LOSS_PNG)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+EXAMPLE_SENTENCE = "Quarterly operating profit rose 40 percent from a year earlier ."
+EXAMPLE_MAX_NEW_TOKENS = 10
+NO_LABEL = "(no label)"
+TOKEN_FLAGS = ("--hub_token", "--token")
+REDACTED = "<redacted>"
+FINANCIAL_PHRASEBANK_LICENSE = "cc-by-nc-sa-3.0"
+HUB_URL = "https://huggingface.co"
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+VERSIONED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "huggingface_hub")
+HYPERPARAMETERS = (
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "optim",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "seed",
+    "bf16",
+    "generation_max_length",
+    "generation_num_beams",
+)
+
+
+# ---------------------------------------------------------------------------------------------- the record
+def redact_argv(argv: list[str], secrets: list[str | None] = ()) -> list[str]:
+    """The command line with the value of every token flag, and every occurrence of a known secret, replaced."""
+    secrets = [s for s in secrets if s]
+    out, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        flag, eq, _ = arg.partition("=")
+        if flag in TOKEN_FLAGS:
+            out.append(f"{flag}={REDACTED}" if eq else arg)
+            hide_next = not eq
+            continue
+        for secret in secrets:
+            arg = arg.replace(secret, REDACTED)
+        out.append(arg)
+    return out
+
+
+def training_command(record: dict) -> str:
+    """The command that reproduces the run, as it was typed (tokens redacted)."""
+    world_size = record["hardware"]["world_size"]
+    launcher = "python" if world_size == 1 else f"accelerate launch --num_processes {world_size}"
+    return f"{launcher} run_prefix_tuning.py {shlex.join(record['argv'])}".strip()
+
+
+def _is_local(path: str | None) -> bool:
+    return bool(path) and (os.path.isabs(path) or os.path.isdir(path))
+
+
+def _data_record(data_args, split_sizes: dict[str, int], labels: list[str]) -> dict:
+    name = data_args.dataset_name
+    fpb_config = None
+    if name is not None and name.rstrip("/").split("/")[-1] == "financial_phrasebank":
+        fpb_config = data_args.dataset_config_name or "sentences_allagree"
+    elif data_args.train_file is not None:
+        by_file = {file: config for config, file in FINANCIAL_PHRASEBANK_CONFIGS.items()}
+        fpb_config = by_file.get(os.path.basename(data_args.train_file))
+    from_files = name is None and data_args.train_file is not None
+    held_out = data_args.validation_file is None and (fpb_config is not None and name is not None or from_files)
+    return {
+        "dataset_name": name,
+        "dataset_config_name": data_args.dataset_config_name,
+        "financial_phrasebank_config": fpb_config,
+        "files": {
+            split: getattr(data_args, f"{split}_file")
+            for split in ("train", "validation", "test")
+            if getattr(data_args, f"{split}_file")
+        },
+        "labels": list(labels),
+        "sizes": dict(split_sizes),
+        "held_out_percentage": data_args.validation_split_percentage if held_out else None,
+        "split_seed": data_args.split_seed,
+        "source_prefix": data_args.source_prefix,
+        "max_source_length": data_args.max_source_length,
+        "max_target_length": data_args.max_target_length,
+    }
+
+
+def _versions() -> dict[str, str]:
+    from . import __version__
+
+    versions = {"python": platform.python_version(), "prefix-tuning": __version__}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _example_answer(trainer, source_prefix: str) -> list[str] | None:
+    """What the trained model answers to the card's example sentence, called exactly as the card's snippet does.
+
+    None where the weights are sharded across processes (FSDP, DeepSpeed): one process cannot generate alone.
+    """
+    if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
+        return None
+    model, tokenizer = trainer.model, trainer.processing_class
+    model.eval()
+    device = next(model.parameters()).device
+    inputs = tokenizer([source_prefix + EXAMPLE_SENTENCE], return_tensors="pt").to(device)
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=EXAMPLE_MAX_NEW_TOKENS)
+    return tokenizer.batch_decode(output, skip_special_tokens=True)
+
+
+def build_run_record(
+    trainer,
+    *,
+    argv: list[str],
+    model_args,
+    data_args,
+    prefix_args,
+    labels: list[str],
+    split_sizes: dict[str, int],
+    parameters: tuple[int, int],
+    eval_answers: tuple[list[str], list[str]] | None,
+    hub_settings,
+) -> dict:
+    """Everything the model card needs from the run that no other output file holds. No token goes in."""
+    from .metrics import confusion_matrix
+
+    args = trainer.args
+    trainable, total = parameters
+    record = {
+        "argv": redact_argv(argv, [model_args.token, hub_settings.token]),
+        "output_dir": args.output_dir,
+        "base_model": model_args.model_name_or_path,
+        "base_model_revision": model_args.model_revision,
+        "model_type": trainer.accelerator.unwrap_model(trainer.model).config.model_type,
+        "prefix": {
+            "num_virtual_tokens": prefix_args.num_virtual_tokens,
+            "prefix_projection": prefix_args.prefix_projection,
+            "encoder_hidden_size": prefix_args.encoder_hidden_size,
+            "init_weights": prefix_args.init_weights,
+        },
+        "parameters": {"trainable": trainable, "total": total},
+        "data": _data_record(data_args, split_sizes, labels),
+        "hyperparameters": {key: _plain(getattr(args, key)) for key in HYPERPARAMETERS},
+        "training": {"global_step": trainer.state.global_step, "epoch": trainer.state.epoch},
+        "hardware": {
+            "device": str(args.device.type),
+            "n_gpu": args.n_gpu,
+            "world_size": args.world_size,
+        },
+        "evaluation": None,
+        "example": {
+            "sentence": EXAMPLE_SENTENCE,
+            "answer": _example_answer(trainer, data_args.source_prefix),
+        },
+        "hub": {"model_id": hub_settings.model_id, "revision": hub_settings.revision},
+        "versions": _versions(),
+    }
+    if eval_answers is not None:
+        answers, references = eval_answers
+        record["evaluation"] = {
+            "split": "validation",
+            "columns": list(labels) + [NO_LABEL],
+            "confusion_matrix": confusion_matrix(answers, references, labels),
+        }
+    return record
+
+
+def _plain(value):
+    """JSON-able form of a TrainingArguments value (enums become their value)."""
+    value = getattr(value, "value", value)
+    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+
+
+# ----------------------------------------------------------------------------------------------- the plots
+def write_plots(output_dir: str | os.PathLike, record: dict, log_history: list[dict]) -> list[str]:
+    """Write the confusion-matrix and loss-curve PNGs that the run has data for; returns their file names."""
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg: no pyplot, no GUI backend
+
+    for name in PLOT_FILES:  # a plot this run has no data for must not survive from an earlier run
+        Path(output_dir, name).unlink(missing_ok=True)
+    written = []
+    evaluation = record.get("evaluation")
+    if evaluation is not None:
+        rows, columns, counts = _confusion_table(record)
+        fig = Figure(figsize=(1.3 * len(columns) + 2.2, 1.0 * len(rows) + 1.6), dpi=100)
+        ax = fig.subplots()
+        ax.imshow(counts, cmap="Blues", vmin=0)
+        ax.set_xticks(range(len(columns)), labels=columns, rotation=30, ha="right")
+        ax.set_yticks(range(len(rows)), labels=rows)
+        peak = max(max(row) for row in counts) or 1
+        for i, row in enumerate(counts):
+            for j, count in enumerate(row):
+                ax.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
+        ax.set_xlabel("answer")
+        ax.set_ylabel("gold label")
+        ax.set_title(f"Validation: {sum(map(sum, counts))} examples")
+        fig.tight_layout()
+        fig.savefig(os.path.join(output_dir, CONFUSION_PNG))
+        written.append(CONFUSION_PNG)
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h and "step" in h]
+    if train or evals:
+        fig = Figure(figsize=(6, 3.6), dpi=100)
+        ax = fig.subplots()
+        if train:
+            ax.plot(*zip(*train), label="training loss")
+        if evals:
+            ax.plot(*zip(*evals), marker="o", label="validation loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(output_dir, LOSS_PNG))
+        written.append(LOSS_PNG)
+    return written
+
+
+def _confusion_table(record: dict) -> tuple[list[str], list[str], list[list[int]]]:
+    """Rows, columns and counts; the no-label column only when some answer was no label."""
+    evaluation = record["evaluation"]
+    labels, counts = record["data"]["labels"], evaluation["confusion_matrix"]
+    if any(row[-1] for row in counts):
+        return labels, evaluation["columns"], counts
+    return labels, evaluation["columns"][:-1], [row[:-1] for row in counts]
+
+
+# ------------------------------------------------------------------------------------------------ the card
+def _py(value) -> str:
+    """A Python literal for a string or a list of strings, double-quoted as ruff formats it."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def usage_snippet(adapter: str, source_prefix: str = "", revision: str | None = None, answer=None) -> str:
+    """The plain peft snippet that loads this adapter (the README's, with this adapter's location)."""
+    rev = f", revision={_py(revision)}" if revision else ""
+    answer_comment = f"  # {answer!r}" if answer is not None else ""
+    return f"""```python
+import prefix_tuning_utils  # needed on transformers >= 5.24 (see below)
+from peft import PeftConfig, PeftModel
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+adapter = {_py(adapter)}
+config = PeftConfig.from_pretrained(adapter{rev})
+model = AutoModelForSeq2SeqLM.from_pretrained(config.base_model_name_or_path)
+model = PeftModel.from_pretrained(model, adapter{rev})
+tokenizer = AutoTokenizer.from_pretrained(adapter{rev})
+
+inputs = tokenizer([{_py(source_prefix + EXAMPLE_SENTENCE)}], return_tensors="pt")
+print(tokenizer.batch_decode(model.generate(**inputs, max_new_tokens={EXAMPLE_MAX_NEW_TOKENS}), skip_special_tokens=True)){answer_comment}
+```"""
+
+
+def scoring_snippet(adapter: str, record: dict, revision: str | None = None) -> str:
+    """Score a labelled file with this adapter and the package's own file reader and metrics."""
+    rev = f", revision={_py(revision)}" if revision else ""
+    data = record["data"]
+    texts = "data.texts[start : start + 64]"
+    if data["source_prefix"]:
+        texts = f"[{_py(data['source_prefix'])} + text for text in {texts}]"
+    max_new_tokens = record["hyperparameters"].get("generation_max_length") or EXAMPLE_MAX_NEW_TOKENS
+    return f"""```python
+import torch
+from peft import PeftConfig, PeftModel
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+import prefix_tuning_utils  # noqa: F401  (the generation fix)
+from prefix_tuning_utils.arguments import DataTrainingArguments
+from prefix_tuning_utils.data import read_data_file
+from prefix_tuning_utils.metrics import classification_metrics
+
+adapter, path, labels = {_py(adapter)}, "sentences.txt", {_py(data["labels"])}
+data = read_data_file(path, DataTrainingArguments(test_file=path), labels)  # `sentence@label` lines, .csv or .jsonl
+config = PeftConfig.from_pretrained(adapter{rev})
+model = AutoModelForSeq2SeqLM.from_pretrained(config.base_model_name_or_path)
+model = PeftModel.from_pretrained(model, adapter{rev}).eval()
+tokenizer = AutoTokenizer.from_pretrained(adapter{rev})
+answers = []
+for start in range(0, len(data), 64):
+    texts = {texts}
+    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length={data["max_source_length"]})
+    with torch.no_grad():
+        output = model.generate(**batch, max_new_tokens={max_new_tokens})
+    answers += tokenizer.batch_decode(output, skip_special_tokens=True)
+print(classification_metrics(answers, data.labels, labels))
+```"""
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _adapter_values(path: Path) -> tuple[int, str]:
+    """Number of stored values in the adapter file, and their dtype(s)."""
+    from safetensors import safe_open
+
+    count, dtypes = 0, set()
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            tensor = handle.get_slice(key)
+            shape = tensor.get_shape()
+            count += int(torch.tensor(shape).prod().item()) if shape else 1
+            dtypes.add(SAFETENSORS_DTYPES.get(tensor.get_dtype(), tensor.get_dtype()))
+    return count, "/".join(sorted(dtypes))
+
+
+def _size(n_bytes: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n_bytes < 1024 or unit == "GiB":
+            return f"{n_bytes:,} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    return ""
+
+
+def _dataset_description(record: dict) -> tuple[str, str | None, str | None, str | None]:
+    """(human-readable description, Hub dataset id, config, licence) of the training data."""
+    data = record["data"]
+    config = data["financial_phrasebank_config"]
+    files = ", ".join(f"{split} `{os.path.basename(path)}`" for split, path in data["files"].items())
+    if config is not None:
+        where = f"the Hub archive of `{FINANCIAL_PHRASEBANK_REPO}`" if not data["files"] else f"local files ({files})"
+        text = (
+            f"[Financial PhraseBank](https://huggingface.co/datasets/{FINANCIAL_PHRASEBANK_REPO}) v1.0 "
+            f"(Malo et al., 2014), configuration `{config}`, read from {where}"
+        )
+        return text, FINANCIAL_PHRASEBANK_REPO, config, FINANCIAL_PHRASEBANK_LICENSE
+    if data["dataset_name"] is not None:
+        name = data["dataset_name"]
+        cfg = f", configuration `{data['dataset_config_name']}`" if data["dataset_config_name"] else ""
+        return f"[`{name}`](https://huggingface.co/datasets/{name}){cfg}", name, data["dataset_config_name"], None
+    return f"local files: {files}", None, None, None
+
+
+def _front_matter(record, results, repo_name, base_model, dataset_id, dataset_config, license) -> str:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    data = record["data"]
+    tags = ["prefix-tuning", "peft", "text-classification", record["model_type"]]
+    if data["financial_phrasebank_config"]:
+        tags.append("financial-phrasebank")
+    if base_model is not None:
+        tags.append(f"base_model:adapter:{base_model}")
+    eval_results = []
+    if "eval_accuracy" in results:
+        dataset = {
+            "dataset_type": dataset_id or "local",
+            "dataset_name": dataset_id.split("/")[-1] if dataset_id else _local_dataset_name(record),
+            "dataset_config": dataset_config,
+            "dataset_split": "validation",
+        }
+        task = {"task_type": "text-classification", "task_name": "Text Classification"}
+        eval_results.append(
+            EvalResult(
+                **task,
+                **dataset,
+                metric_type="accuracy",
+                metric_value=results["eval_accuracy"],
+                metric_name="Accuracy",
+            )
+        )
+        if "eval_macro_f1" in results:
+            eval_results.append(
+                EvalResult(
+                    **task,
+                    **dataset,
+                    metric_type="f1",
+                    metric_value=results["eval_macro_f1"],
+                    metric_name="Macro F1",
+                    metric_args={"average": "macro"},
+                )
+            )
+    card_data = ModelCardData(
+        library_name="peft",
+        base_model=base_model,
+        datasets=[dataset_id] if dataset_id else None,
+        license=license,
+        tags=tags,
+        model_name=repo_name,
+        eval_results=eval_results or None,
+    )
+    return f"---\n{card_data.to_yaml()}\n---\n"
+
+
+def _local_dataset_name(record: dict) -> str:
+    files = record["data"]["files"]
+    path = files.get("validation") or files.get("train") or next(iter(files.values()), "data")
+    return os.path.basename(path)
+
+
+def _results_section(record: dict, results: dict) -> list[str]:
+    if "eval_accuracy" not in results:
+        return [
+            "## Results",
+            "",
+            "Not evaluated: the run had no `--do_eval --predict_with_generate`, so there is no validation score.",
+            "",
+        ]
+    lines = [
+        "## Results",
+        "",
+        f"On the {results.get('eval_samples', '?')} validation examples, the answer written by the model "
+        "(greedy `generate`) compared with the gold label word:",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| accuracy | {results['eval_accuracy']:.4f} |",
+    ]
+    if "eval_macro_f1" in results:
+        lines.append(f"| macro-F1 | {results['eval_macro_f1']:.4f} |")
+    if "eval_invalid_rate" in results:
+        lines.append(f"| answers that are no label word | {100 * results['eval_invalid_rate']:.1f} % |")
+    if "eval_loss" in results:
+        lines.append(f"| validation loss (teacher-forced) | {results['eval_loss']:.4f} |")
+    if "predict_accuracy" in results:
+        lines.append(
+            f"| test accuracy ({results.get('predict_samples', '?')} examples) | {results['predict_accuracy']:.4f} |"
+        )
+    lines.append("")
+    if record.get("evaluation") is not None:
+        labels, counts = record["data"]["labels"], record["evaluation"]["confusion_matrix"]
+        lines += [
+            "Per label (from the confusion matrix below; an answer that is no label word counts against recall):",
+            "",
+            "| label | precision | recall | F1 | support |",
+            "|---|---|---|---|---|",
+        ]
+        for i, label in enumerate(labels):
+            tp, support = counts[i][i], sum(counts[i])
+            predicted = sum(row[i] for row in counts)
+            precision = tp / predicted if predicted else 0.0
+            recall = tp / support if support else 0.0
+            f1 = 2 * tp / (predicted + support) if predicted + support else 0.0
+            lines.append(f"| {label} | {precision:.3f} | {recall:.3f} | {f1:.3f} | {support} |")
+        lines += ["", f"![Confusion matrix on the validation split]({CONFUSION_PNG})", ""]
+    return lines
+
+
+def _intro(record: dict, results: dict, title: str, base_link: str, data_text: str, labels: str) -> list[str]:
+    lines = [
+        f"# {title}",
+        "",
+        f"A **prefix** for {base_link}, trained by prefix tuning (Li & Liang, 2021) with "
+        "[peft](https://github.com/huggingface/peft) and the `prefix-tuning` package: the base model stays frozen, "
+        f"and {record['prefix']['num_virtual_tokens']} trained key/value vectors in every decoder attention layer "
+        f"make it answer with a label word: {labels}.",
+        "",
+        f"Trained on {data_text}.",
+    ]
+    if "eval_accuracy" in results:
+        macro = f", macro-F1 **{results['eval_macro_f1']:.3f}**" if "eval_macro_f1" in results else ""
+        lines.append(
+            f"Validation accuracy **{results['eval_accuracy']:.3f}**{macro} "
+            f"({results.get('eval_samples', '?')} examples)."
+        )
+    return lines + [""]
+
+
+def _usage_section(record: dict, location: str, revision: str | None, base: str, base_on_hub: str | None) -> list[str]:
+    answer, source_prefix = record["example"]["answer"], record["data"]["source_prefix"]
+    answered = (
+        f"The comment shows what this adapter answered when the run ended ({record['hardware']['device']}, greedy "
+        "decoding). "
+        if answer is not None
+        else ""
+    )
+    lines = [
+        "## How to use",
+        "",
+        usage_snippet(location, source_prefix, revision, answer),
+        "",
+        answered + "The first line imports the `prefix-tuning` package: with transformers 5.24 and later (up to at "
+        "least peft 0.21.2), peft's `generate()` on a prefix-tuned model silently ignores the prefix and returns the "
+        "base model's answer; the import applies a small compatibility layer that fixes it (on transformers 5.23 "
+        "and earlier the snippet is right without it, except with `use_cache=False`).",
+        "",
+    ]
+    if source_prefix:
+        lines += [f"Inputs start with the prefix {source_prefix!r}, as in training.", ""]
+    if not base_on_hub:
+        lines += [f"The base model is the local folder `{base}`: the snippet works only where that folder exists.", ""]
+    return lines + [
+        "### Score a file",
+        "",
+        "With the package installed, this scores a labelled file with the package's own reader (`sentence@label` "
+        "lines as in Financial PhraseBank, or .csv/.json/.jsonl with `sentence` and `label` columns) and metrics:",
+        "",
+        scoring_snippet(location, record, revision),
+        "",
+    ]
+
+
+def _model_table(record: dict, adapter_config: dict, out: Path, base_link: str) -> list[str]:
+    prefix = record["prefix"]
+    trainable, total = record["parameters"]["trainable"], record["parameters"]["total"]
+    adapter_path = out / ADAPTER_WEIGHTS
+    stored, dtype = _adapter_values(adapter_path) if adapter_path.is_file() else (0, "?")
+    adapter_bytes = adapter_path.stat().st_size if adapter_path.is_file() else 0
+    revision = record["base_model_revision"]
+    projection = (
+        "yes (an MLP during training; only the resulting prefix is saved)" if prefix["prefix_projection"] else "no"
+    )
+    return [
+        "### What was trained",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model (frozen) | {base_link}" + (f", revision `{revision}`" if revision != "main" else "") + " |",
+        f"| method | prefix tuning (peft `PrefixTuningConfig`, task `{adapter_config.get('task_type')}`) |",
+        f"| virtual tokens | {prefix['num_virtual_tokens']} in each of {adapter_config.get('num_layers')} decoder "
+        f"layers, keys and values of width {adapter_config.get('token_dim')} |",
+        f"| prefix projection | {projection} |",
+        f"| prefix initialisation | {prefix['init_weights']} |",
+        f"| trainable parameters | {trainable:,} of {total:,} ({100 * trainable / total:.3f} %) |",
+        f"| adapter file | `{ADAPTER_WEIGHTS}`: {stored:,} {dtype} values, {_size(adapter_bytes)} |",
+        "",
+    ]
+
+
+def _data_section(record: dict, data_text: str, labels: str) -> list[str]:
+    data = record["data"]
+    lines = ["### Data", "", f"{data_text}; labels {labels}.", "", "| split | examples |", "|---|---|"]
+    lines += [f"| {split} | {count:,} |" for split, count in data["sizes"].items()]
+    lines.append("")
+    if data["held_out_percentage"] is not None:
+        lines += [
+            f"The validation split is {data['held_out_percentage']:g} % of the training data, held out stratified "
+            f"by label with seed {data['split_seed']} (`--validation_split_percentage`, `--split_seed`).",
+            "",
+        ]
+    return lines + [
+        f"Inputs are truncated to {data['max_source_length']} tokens, targets (label words) to "
+        f"{data['max_target_length']}; batches are padded to their longest example.",
+        "",
+    ]
+
+
+def _run_section(record: dict) -> list[str]:
+    lines = ["### Hyperparameters", "", "| | |", "|---|---|"]
+    for key, value in record["hyperparameters"].items():
+        if value is not None and not (key == "max_steps" and value <= 0):
+            lines.append(f"| {key} | {value} |")
+    hardware, training = record["hardware"], record["training"]
+    gpus = f", {hardware['n_gpu']} GPU(s)" if hardware["n_gpu"] else ""
+    lines += [
+        f"| steps done | {training['global_step']} ({training['epoch'] or 0:g} epochs) |",
+        f"| hardware | {hardware['world_size']} process(es), {hardware['device']}{gpus} |",
+        "",
+        "### Reproduce",
+        "",
+        "From a checkout of the `prefix-tuning` package (tokens are redacted):",
+        "",
+        "```bash",
+        training_command(record),
+        "```",
+        "",
+        "### Framework versions",
+        "",
+    ]
+    return lines + [f"- {name} {version}" for name, version in record["versions"].items()] + [""]
+
+
+def _licence_section(license: str | None, from_data: bool) -> list[str]:
+    if not license:
+        return []
+    if from_data:
+        text = (
+            f"`{license}`, the licence of the training data (Financial PhraseBank v1.0: CC BY-NC-SA 3.0, "
+            "non-commercial use, with attribution, share-alike); check the base model's licence too."
+        )
+    else:
+        text = f"`{license}`, the licence of the base model."
+    return ["## Licence", "", text, ""]
+
+
+def render_model_card(
+    output_dir: str | os.PathLike,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    license: str | None = None,
+) -> str:
+    """The model card (README.md) of the finished run in `output_dir`.
+
+    `repo_id`: where the adapter is published (the snippets load it from there); without it, the Hub id the run
+    was going to push to, else the local folder. `license`: the base model's licence if known; a licence of the
+    training data that binds the adapter (Financial PhraseBank's CC BY-NC-SA 3.0) takes precedence.
+    """
+    out = Path(output_dir)
+    record = _read_json(out / RUN_RECORD)
+    if not record:
+        raise FileNotFoundError(f"{out / RUN_RECORD} is missing: it is written at the end of a training run.")
+    results = _read_json(out / "all_results.json")
+    adapter_config = _read_json(out / "adapter_config.json")
+    revision = revision if repo_id else (revision or record["hub"]["revision"])
+    location = repo_id or record["hub"]["model_id"] or record["output_dir"]
+    title = location.rstrip("/").split("/")[-1]
+    base = adapter_config.get("base_model_name_or_path") or record["base_model"]
+    base_on_hub = None if _is_local(base) else base
+    base_link = f"[`{base}`]({HUB_URL}/{base})" if base_on_hub else f"`{base}` (a local folder)"
+    data_text, dataset_id, dataset_config, data_license = _dataset_description(record)
+    labels = ", ".join(f"`{label}`" for label in record["data"]["labels"])
+
+    lines = _intro(record, results, title, base_link, data_text, labels) + _results_section(record, results)
+    if (out / LOSS_PNG).is_file():
+        lines += [f"![Training and validation loss]({LOSS_PNG})", ""]
+    lines += _usage_section(record, location, revision, base, base_on_hub)
+    lines += ["## Training", ""] + _model_table(record, adapter_config, out, base_link)
+    lines += _data_section(record, data_text, labels) + _run_section(record)
+    lines += _licence_section(data_license or license, from_data=data_license is not None)
+    model_name = location if location != record["output_dir"] else title  # a Hub id, or the run folder's name
+    front = _front_matter(
+        record, results, model_name, base_on_hub, dataset_id, dataset_config, data_license or license
+    )
+    return front + "\n" + "\n".join(lines)
+
+
+def write_model_card(
+    output_dir: str | os.PathLike, repo_id: str | None = None, revision: str | None = None, license: str | None = None
+) -> Path:
+    path = Path(output_dir, CARD_FILE)
+    path.write_text(render_model_card(output_dir, repo_id, revision, license), encoding="utf-8")
+    return path
+
+
+def save_run_card(output_dir: str | os.PathLike, record: dict, log_history: list[dict]) -> Path:
+    """Write the run record, the plots and the model card (README.md, replacing peft's blank template)."""
+    Path(output_dir, RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_plots(output_dir, record, log_history)
+    path = write_model_card(output_dir)
+    logger.info("Model card written to %s", path)
+    return path

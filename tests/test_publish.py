@@ -1,0 +1,413 @@
+"""Publishing: `--push_to_hub` and `--push_only` against the fake Hub (tests/fake_hub.py), the model card, and no
+token in any byte written, uploaded or logged."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import json
+import os
+import re
+import secrets
+import shlex
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import HfApi
+from peft import PeftConfig, PeftModel
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+import run_prefix_tuning
+from prefix_tuning_utils import hub as hub_module
+from prefix_tuning_utils.arguments import ArgumentError, parse_args
+from tests.conftest import REPO
+from tests.fake_hub import FakeHub
+
+
+BASE_REPO = "fake-user/tiny-t5"
+ADAPTER_REPO = "fake-user/tiny-prefix"
+DATA = REPO / "examples" / "quickstart.txt"
+SENTENCES = [
+    "Acme Corp said its net sales rose 12 percent from a year earlier .",
+    "Fjord Telecom has 3 offices .",
+    "Operating profit fell sharply and the company cut jobs .",
+]
+
+
+def training_argv(out, hub_model_id=None, *extra):
+    argv = [
+        "--model_name_or_path", BASE_REPO,
+        "--train_file", DATA,
+        "--label_words", "negative,neutral,positive",
+        "--output_dir", out,
+        "--do_train", "--do_eval", "--predict_with_generate",
+        "--max_steps", "6",
+        "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "32",
+        "--learning_rate", "0.05",
+        "--logging_steps", "1",
+        "--report_to", "none",
+        "--seed", "0",
+    ]  # fmt: skip
+    if hub_model_id is not None:
+        argv += ["--push_to_hub", "--hub_model_id", hub_model_id]
+    return [str(a) for a in argv + list(extra)]
+
+
+def front_matter(card: str) -> dict:
+    match = re.match(r"---\n(.*?)\n---\n", card, re.S)
+    assert match, card[:200]
+    return yaml.safe_load(match.group(1))
+
+
+def python_blocks(card: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", card, re.S)
+
+
+def generate(model, tokenizer, sentences):
+    batch = tokenizer(sentences, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        output = model.eval().generate(**batch, max_new_tokens=5)
+    return tokenizer.batch_decode(output, skip_special_tokens=True)
+
+
+def local_predictions(base_dir, adapter_dir, sentences=SENTENCES):
+    """The local adapter, on the base model's own files (no Hub involved)."""
+    model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(base_dir), adapter_dir)
+    return generate(model, AutoTokenizer.from_pretrained(adapter_dir), sentences)
+
+
+def run_cli(monkeypatch, capsys, argv) -> tuple[int, str]:
+    """`python run_prefix_tuning.py ARGV` in-process: (exit code, stderr)."""
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["run_prefix_tuning.py", *map(str, argv)])
+    code = 0
+    try:
+        run_prefix_tuning.cli()
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def retry_argv(error_line: str, token: str | None) -> list[str]:
+    """The retry command printed in the error line, as argv of run_prefix_tuning.main()."""
+    command = error_line.split("retry the push alone with: ", 1)[1]
+    argv = shlex.split(command.replace("<your token>", token or ""))
+    assert argv[:3] == ["python", "run_prefix_tuning.py", "--push_only"], argv
+    return argv[2:]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory, tiny_t5_dir):
+    """A fake Hub serving the tiny T5 (with weights) as `fake-user/tiny-t5`, the base model of every run here."""
+    tmp = tmp_path_factory.mktemp("fake-hub")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HOME", str(tmp / "hf_home"))
+        with FakeHub(hub_cache=tmp / "hub_cache") as hub:
+            api = HfApi(token="hf_test_uploader")
+            api.create_repo(BASE_REPO)
+            api.upload_folder(repo_id=BASE_REPO, folder_path=tiny_t5_dir)
+            hub.uploads.clear()  # what the tests check is what the runs upload
+            hub.requests.clear()
+            yield hub
+
+
+@pytest.fixture(scope="module")
+def published(fake, tmp_path_factory):
+    """One training run in a subprocess with --push_to_hub, a Hub token and a model token (both random), saving and
+    pushing checkpoints on the way (`--hub_strategy checkpoint`). Its whole output is kept, to grep it."""
+    tmp = tmp_path_factory.mktemp("published")
+    hub_token, model_token = f"hf_test_{secrets.token_hex(16)}", f"hf_test_{secrets.token_hex(16)}"
+    out = tmp / "run"
+    argv = training_argv(out, ADAPTER_REPO, "--hub_token", hub_token, f"--token={model_token}")
+    argv += ["--eval_strategy", "steps", "--eval_steps", "3", "--save_strategy", "steps", "--save_steps", "3"]
+    argv += ["--hub_strategy", "checkpoint"]
+    proc = subprocess.run(
+        [sys.executable, "run_prefix_tuning.py", *argv],
+        cwd=REPO,
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    return SimpleNamespace(out=out, proc=proc, hub_token=hub_token, model_token=model_token, tmp=tmp)
+
+
+def test_push_to_hub_publishes_an_adapter_that_loads_with_the_plain_snippet(fake, published, tiny_t5_dir):
+    files = fake.files(ADAPTER_REPO)
+    out = published.out
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert files[name] == (out / name).read_bytes(), name
+    for name in ("README.md", "confusion_matrix.png", "loss_curve.png", "all_results.json", "eval_results.json"):
+        assert files[name] == (out / name).read_bytes(), name
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == BASE_REPO
+
+    # The plain usage snippet, through the same server: same answers as the local adapter on the local base.
+    config = PeftConfig.from_pretrained(ADAPTER_REPO)
+    model = AutoModelForSeq2SeqLM.from_pretrained(config.base_model_name_or_path)
+    model = PeftModel.from_pretrained(model, ADAPTER_REPO)
+    from_hub = generate(model, AutoTokenizer.from_pretrained(ADAPTER_REPO), SENTENCES)
+    assert from_hub == local_predictions(tiny_t5_dir, out)
+    # ... and the prefix matters: the base model alone answers differently on some input.
+    base = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir)
+    assert generate(base, AutoTokenizer.from_pretrained(tiny_t5_dir), SENTENCES) != from_hub
+
+
+def test_card_snippets_run_as_written_against_the_hub(fake, published, tmp_path, monkeypatch):
+    card = fake.files(ADAPTER_REPO)["README.md"].decode()
+    usage, scoring = python_blocks(card)
+    assert f'adapter = "{ADAPTER_REPO}"' in usage and "import prefix_tuning_utils" in usage
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        exec(compile(usage, "model card: usage", "exec"), {})
+    printed = stdout.getvalue().strip()
+    # The snippet prints what the trained model answered when the run ended (written as a comment in the card).
+    expected = re.search(r"skip_special_tokens=True\)\)  # (.*)\n", usage).group(1)
+    assert printed == expected, (printed, expected)
+
+    (tmp_path / "sentences.txt").write_text("".join(f"{s}@neutral\n" for s in SENTENCES), encoding="iso-8859-1")
+    monkeypatch.chdir(tmp_path)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        exec(compile(scoring, "model card: scoring", "exec"), {})
+    metrics = ast.literal_eval(stdout.getvalue().strip())
+    assert metrics["samples"] == len(SENTENCES) and 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_no_token_in_any_uploaded_byte_written_file_or_log_line(fake, published):
+    tokens = [published.hub_token.encode(), published.model_token.encode()]
+    # The Hub token was really used (in the Authorization header of the commits, where it belongs) ...
+    commits = [r for r in fake.requests if "/commit/" in r.path]
+    assert len(commits) >= 3  # two checkpoints (hub_strategy checkpoint) and the final push
+    assert all(r.headers["Authorization"] == f"Bearer {published.hub_token}" for r in commits)
+    # ... and never in a body: every uploaded file (decoded) and every raw request body.
+    uploaded = fake.all_uploaded_bytes()
+    assert uploaded and not any(token in uploaded for token in tokens)
+    assert not [u.path for u in fake.uploads if u.path.endswith(".bin")]  # training_args.bin is never uploaded
+    assert {"last-checkpoint/optimizer.pt", "last-checkpoint/trainer_state.json"} <= set(fake.files(ADAPTER_REPO))
+
+    # Every file the run wrote, checkpoints and the pickled training arguments included.
+    written = [p for p in published.out.rglob("*") if p.is_file()]
+    pickles = [p for p in written if p.name == "training_args.bin"]
+    assert len(pickles) >= 2 and all(b"hub_token" in p.read_bytes() for p in pickles)  # really the args pickle
+    leaks = [str(p) for p in written for token in tokens if token in p.read_bytes()]
+    assert leaks == []
+
+    # Every log line (the run logs its arguments at info level) and the command recorded in the card.
+    logs = published.proc.stdout + published.proc.stderr
+    assert b"PrefixTrainingArguments(" in logs and b"ModelArguments(" in logs
+    assert not any(token in logs for token in tokens)
+    card = (published.out / "README.md").read_text()
+    assert "--hub_token '<redacted>'" in card or "--hub_token <redacted>" in card
+    assert "--token=<redacted>" in card
+
+
+def test_model_card_front_matter_has_the_run_s_eval_accuracy(fake, published):
+    card = fake.files(ADAPTER_REPO)["README.md"].decode()
+    meta = front_matter(card)
+    results = json.loads((published.out / "all_results.json").read_text())
+    assert meta["library_name"] == "peft" and meta["base_model"] == BASE_REPO
+    assert "prefix-tuning" in meta["tags"] and f"base_model:adapter:{BASE_REPO}" in meta["tags"]
+    (index,) = meta["model-index"]
+    assert index["name"] == ADAPTER_REPO
+    metrics = {m["type"]: m["value"] for m in index["results"][0]["metrics"]}
+    assert metrics["accuracy"] == results["eval_accuracy"]
+    assert metrics["f1"] == results["eval_macro_f1"]
+    assert index["results"][0]["dataset"]["split"] == "validation"
+    # The body: what was trained, the data, the results table and plots, the command to reproduce.
+    adapter = json.loads((published.out / "adapter_config.json").read_text())
+    prefix_values = adapter["num_virtual_tokens"] * adapter["num_layers"] * 2 * adapter["token_dim"]
+    for text in (
+        f"| trainable parameters | {prefix_values:,} of",
+        f"| adapter file | `adapter_model.safetensors`: {prefix_values:,} float32 values",
+        "| train | 145 |",
+        "| validation | 17 |",
+        "held out stratified by label with seed 42",
+        "| label | precision | recall | F1 | support |",
+        "![Confusion matrix on the validation split](confusion_matrix.png)",
+        "![Training and validation loss](loss_curve.png)",
+        "| learning_rate | 0.05 |",
+        "python run_prefix_tuning.py --model_name_or_path fake-user/tiny-t5",
+        "- transformers ",
+    ):
+        assert text in card, text
+    assert f"{results['eval_accuracy']:.4f}" in card
+    assert "Seq2SeqTrainingArguments" not in card and str(published.tmp) not in card.split("## Training")[0]
+
+
+@pytest.mark.parametrize("status", [500, 403])
+def test_refused_commit_exits_with_one_line_and_push_only_publishes_later(
+    fake, tmp_path, monkeypatch, capsys, tiny_t5_dir, status
+):
+    repo, token = f"fake-user/refused-{status}", f"hf_test_{secrets.token_hex(8)}"
+    out = tmp_path / "run"
+    fake.fail_commit = status
+    try:
+        code, stderr = run_cli(monkeypatch, capsys, training_argv(out, repo, "--hub_token", token))
+    finally:
+        fake.fail_commit = None
+    (line,) = error_lines(stderr)
+    assert code == 1 and "Traceback" not in stderr
+    assert f"committing the files to {repo}: HTTP {status}" in line and token not in stderr
+    assert f"retry the push alone with: python run_prefix_tuning.py --push_only --output_dir {out}" in line
+    # Nothing published; everything saved locally, the model card included.
+    assert "adapter_model.safetensors" not in fake.files(repo)
+    local = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "all_results.json",
+        "README.md",
+        "loss_curve.png",
+    ):
+        assert name in local, name
+    assert "eval_accuracy" in json.loads(local["all_results.json"])
+
+    # The printed command publishes the run as it is.
+    assert run_prefix_tuning.main(retry_argv(line, token)).startswith(fake.url)
+    files = fake.files(repo)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "eval_results.json"):
+        assert files[name] == local[name], name
+    assert front_matter(files["README.md"].decode())["model-index"][0]["name"] == repo
+    assert local_predictions(tiny_t5_dir, out) == generate(
+        PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(BASE_REPO), repo),
+        AutoTokenizer.from_pretrained(repo),
+        SENTENCES,
+    )
+
+
+def test_push_only_reports_network_down_and_refused_token_in_one_line(fake, published, monkeypatch, capsys):
+    with FakeHub() as down:
+        down.stop()  # the endpoint now points at a closed port
+        code, stderr = run_cli(
+            monkeypatch, capsys, ["--push_only", "--output_dir", published.out, "--hub_model_id", "fake-user/x"]
+        )
+    (line,) = error_lines(stderr)
+    assert code == 1 and "Traceback" not in stderr
+    assert "creating the repo fake-user/x: cannot reach the Hub at http://127.0.0.1:" in line
+    assert line.endswith(f"--push_only --output_dir {published.out} --hub_model_id fake-user/x")
+
+    fake.fail_create_repo = 401
+    try:
+        code, stderr = run_cli(
+            monkeypatch,
+            capsys,
+            ["--push_only", "--output_dir", published.out, "--hub_model_id", "y", "--hub_token", "hf_test_bad"],
+        )
+    finally:
+        fake.fail_create_repo = None
+    (line,) = error_lines(stderr)
+    assert code == 1 and "HTTP 401" in line and "--hub_token" in line and "hf_test_bad" not in stderr
+    assert line.endswith("--hub_model_id y --hub_token <your token>")
+
+
+def test_push_only_to_a_branch(fake, published):
+    repo = "fake-user/branched"
+    run_prefix_tuning.main(
+        ["--push_only", "--output_dir", published.out, "--hub_model_id", repo, "--hub_revision", "dev"]
+    )
+    assert "adapter_model.safetensors" in fake.files(repo, revision="dev")
+    assert "adapter_model.safetensors" not in fake.files(repo)
+    card = fake.files(repo, revision="dev")["README.md"].decode()
+    usage = python_blocks(card)[0]
+    assert 'PeftModel.from_pretrained(model, adapter, revision="dev")' in usage
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(usage, "model card: usage", "exec"), {})
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--push_to_hub", "--hub_model_id", "a/b/c"], "--hub_model_id 'a/b/c' is not a valid Hub repo id"),
+        (["--push_to_hub", "--hub_model_id", "bad name!"], "--hub_model_id 'bad name!' is not a valid Hub repo id"),
+        (["--push_to_hub", "--hub_model_id", "me/x", "--model_name_or_path", "LOCAL"], "is the local folder"),
+    ],
+)
+def test_push_to_hub_is_checked_before_any_work(tmp_path, tiny_t5_dir, extra, message):
+    out = tmp_path / "run"
+    argv = training_argv(out) + [str(tiny_t5_dir) if a == "LOCAL" else a for a in extra]
+    with pytest.raises(ArgumentError, match=re.escape(message)):
+        run_prefix_tuning.main(argv)
+    assert not out.exists()
+
+
+def test_push_to_hub_needs_training(tmp_path):
+    argv = [a for a in training_argv(tmp_path / "run", "me/x") if a != "--do_train"]
+    with pytest.raises(ArgumentError, match="--push_to_hub publishes the adapter a training run writes"):
+        run_prefix_tuning.main(argv)
+
+
+def test_push_only_refuses_what_it_cannot_publish(tmp_path):
+    with pytest.raises(ArgumentError, match="holds no adapter"):
+        run_prefix_tuning.main(["--push_only", "--output_dir", tmp_path, "--hub_model_id", "me/x"])
+    with pytest.raises(ArgumentError, match="takes only --output_dir.*got --learning_rate 0.1"):
+        run_prefix_tuning.main(["--push_only", "--output_dir", tmp_path, "--learning_rate", "0.1"])
+
+
+def test_local_run_writes_the_card_without_pushing(tmp_path, tiny_t5_dir):
+    """No Hub at all: the card, its plot and the run record are written next to the adapter (no eval here)."""
+    out = tmp_path / "run"
+    argv = training_argv(out) + ["--model_name_or_path", tiny_t5_dir, "--max_steps", "2"]
+    run_prefix_tuning.main([a for a in argv if a not in ("--do_eval", "--predict_with_generate")])
+    card = (out / "README.md").read_text()
+    meta = front_matter(card)
+    assert meta["library_name"] == "peft" and "base_model" not in meta and "model-index" not in meta
+    assert "Not evaluated" in card and "(a local folder)" in card and "More Information Needed" not in card
+    assert (out / "loss_curve.png").is_file() and not (out / "confusion_matrix.png").exists()
+    assert f'adapter = "{out}"' in card
+    assert json.loads((out / "run_record.json").read_text())["evaluation"] is None
+
+
+def test_logged_arguments_hold_no_token(tmp_path):
+    model_args, data_args, prefix_args, training_args = parse_args(
+        training_argv(tmp_path, "me/x", "--hub_token", "hf_test_hub_secret", "--token", "hf_test_model_secret")
+    )
+    settings = hub_module.take_hub_settings(training_args, model_args)
+    logged = f"Model {model_args}\nData {data_args}\nPrefix {prefix_args}\nTraining {training_args} {settings}"
+    assert "hf_test_hub_secret" not in logged and "hf_test_model_secret" not in logged
+    assert settings.token == "hf_test_hub_secret" and training_args.hub_token is None
+    assert not training_args.push_to_hub  # the Trainer itself never pushes the output folder
+
+
+def test_help_documents_push_only(capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse_args(["--help"])
+    assert exit.value.code == 0
+    assert "--push_only --output_dir DIR" in " ".join(capsys.readouterr().out.split())
+
+
+def test_package_never_unpickles():
+    """No `pickle` and no `torch.load` without `weights_only=True` in the package or the entry script."""
+    sources = sorted((REPO / "prefix_tuning_utils").glob("*.py")) + [REPO / "run_prefix_tuning.py"]
+    offences = []
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if any(n.split(".")[0] in ("pickle", "dill", "cloudpickle") for n in names):
+                    offences.append(f"{path.name}:{node.lineno} imports pickle")
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.load", "load"):
+                safe = any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
+                if not safe:
+                    offences.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+    assert offences == []
