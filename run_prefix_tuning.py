@@ -33,6 +33,7 @@ from prefix_tuning_utils.modeling import (
     trainable_parameters,
 )
 from prefix_tuning_utils.output_dir import prepare_output_dir
+from prefix_tuning_utils.prefix_init import init_prefix_from_text
 from prefix_tuning_utils.preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
 from prefix_tuning_utils.scoring import LabelScorer
 from prefix_tuning_utils.trainer import PrefixTuningTrainer, TrainingDivergedError
@@ -123,6 +124,8 @@ def main(argv=None):
     # Model: frozen base + trainable prefix (or a baseline method).
     model = load_base_model(model_args, config, task)
     model = build_model(model, build_peft_config(config, prefix_args, task))
+    if prefix_args.prefix_init_text is not None and checkpoint is None:
+        init_prefix_from_text(model, tokenizer, prefix_args.prefix_init_text, task)
     if initialises_from_config(model_args) and training_args.should_save:
         save_initialised_base(model, tokenizer, training_args.output_dir)
     trainable, total = trainable_parameters(model)

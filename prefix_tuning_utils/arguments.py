@@ -110,6 +110,14 @@ class PrefixArguments:
         },
     )
 
+    prefix_init_text: str | None = field(
+        default=None,
+        metadata={
+            "help": "Initialise the prefix from real text: the frozen model's own keys and values for the first "
+            "--num_virtual_tokens tokens of this text (e.g. a task description), instead of random values. The "
+            "untrained model then behaves as if the text preceded every input. Needs --prefix_projection off."
+        },
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (--tuning_method lora)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha (--tuning_method lora)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (--tuning_method lora)."})
@@ -119,6 +127,8 @@ class PrefixArguments:
             raise ArgumentError(
                 f"--tuning_method must be one of {', '.join(TUNING_METHODS)}, got {self.tuning_method!r}."
             )
+        if self.prefix_init_text is not None and (self.prefix_projection or self.tuning_method != "prefix"):
+            raise ArgumentError("--prefix_init_text needs --tuning_method prefix without --prefix_projection.")
         if self.lora_r < 1:
             raise ArgumentError(f"--lora_r must be at least 1, got {self.lora_r}.")
         if self.num_virtual_tokens < 1:

@@ -133,3 +133,51 @@ def test_score_mode_evaluation_on_seq2seq(tmp_path, tiny_t5_dir):
     )  # fmt: skip
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_invalid_rate"] == 0.0 and results["eval_samples"] == 17
+
+
+def test_prefix_initialised_from_text_acts_like_the_text_written_before_the_input(tokenizer):
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    from prefix_tuning_utils.prefix_init import init_prefix_from_text
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(tiny_llama_config(len(tokenizer), tie_word_embeddings=False)).eval()
+    text = "acme corp said its net sales rose 12 percent ."
+    count = len(tokenizer(text, add_special_tokens=False)["input_ids"]) - 2
+    model = get_peft_model(base, PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=count)).eval()
+    used = init_prefix_from_text(model, tokenizer, text, "causal")
+    assert len(used) == count
+    x = torch.tensor([[20, 21, 22, 23]])
+    with torch.no_grad():
+        prefixed = model(input_ids=x, attention_mask=torch.ones_like(x)).logits
+        with model.disable_adapter():
+            written = base(input_ids=torch.cat([torch.tensor([used]), x], dim=1)).logits[:, count:]
+    torch.testing.assert_close(prefixed, written, atol=1e-4, rtol=1e-4)
+    # ... and generation agrees with the training-time forward pass.
+    assert model.generate(input_ids=x, max_new_tokens=3, do_sample=False)[0, 4:].tolist() == manual_greedy(
+        model, x[0].tolist(), steps=3
+    )
+
+
+def test_prefix_init_text_that_is_too_short_is_refused(tokenizer):
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    from prefix_tuning_utils.arguments import ArgumentError
+    from prefix_tuning_utils.prefix_init import init_prefix_from_text
+
+    base = LlamaForCausalLM(tiny_llama_config(len(tokenizer)))
+    model = get_peft_model(base, PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=50))
+    with pytest.raises(ArgumentError, match="fewer than --num_virtual_tokens 50"):
+        init_prefix_from_text(model, tokenizer, "too short", "causal")
+
+
+def test_prefix_init_text_on_t5_runs_end_to_end(tmp_path, tiny_t5_dir):
+    out = tmp_path / "t5-init"
+    run_prefix_tuning.main(
+        [
+            "--model_name_or_path", str(tiny_t5_dir), "--train_file", str(REPO / "examples" / "quickstart.txt"),
+            "--num_virtual_tokens", "4", "--prefix_init_text", "acme corp said its net sales rose",
+            "--output_dir", str(out), "--do_train", "--do_eval", "--max_steps", "2", "--report_to", "none",
+        ]
+    )  # fmt: skip
+    assert json.loads((out / "all_results.json").read_text())["eval_samples"] == 17
