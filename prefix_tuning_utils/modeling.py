@@ -155,7 +155,14 @@ def load_base_model(args: ModelArguments, config: PretrainedConfig, task: Task =
         logger.warning("%s holds no weights: initialising the model from its config (random weights).", path)
         model = auto.from_config(config, trust_remote_code=args.trust_remote_code)
         return model.to(dtype) if dtype is not None else model
-    return auto.from_pretrained(path, config=config, dtype=dtype, **_hub_kwargs(args))
+    model = auto.from_pretrained(path, config=config, dtype=dtype, **_hub_kwargs(args))
+    if args.gguf_file is not None:
+        # transformers dequantises GGUF weights to plain tensors on load but still marks the model as quantized,
+        # which makes the Trainer refuse full fine-tuning. Nothing quantized is left, so drop the marks.
+        model.is_quantized = False
+        model.hf_quantizer = None
+        model.config.quantization_config = None
+    return model
 
 
 def save_initialised_base(model, tokenizer, output_dir: str) -> str:
