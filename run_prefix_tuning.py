@@ -15,7 +15,7 @@ import sys
 
 import datasets
 import transformers
-from transformers import Seq2SeqTrainer, set_seed
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from prefix_tuning_utils.arguments import ArgumentError, parse_args
@@ -33,6 +33,7 @@ from prefix_tuning_utils.modeling import (
     trainable_parameters,
 )
 from prefix_tuning_utils.preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
+from prefix_tuning_utils.trainer import PrefixTuningTrainer, set_sample_count
 
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,9 @@ def setup_logging(training_args) -> None:
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
     logger.warning(
-        f"Process rank: {training_args.process_index}, device: {training_args.device}, "
+        f"Process rank: {training_args.process_index} of {training_args.world_size}, device: {training_args.device}, "
         f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value}, "
-        f"bf16: {training_args.bf16}"
+        f"mixed precision: {training_args.mixed_precision}"
     )
 
 
@@ -67,7 +68,8 @@ def main(argv=None):
 
     # Checks that need no weights: config, tokenizer, data.
     config = get_model_config(model_args)
-    check_model_config(config, fp16=training_args.fp16)
+    # fp16 can also come from the accelerate config (mixed_precision: fp16) without --fp16.
+    check_model_config(config, fp16=training_args.fp16 or training_args.mixed_precision == "fp16")
     tokenizer = get_tokenizer(model_args)
     splits, labels = get_datasets(data_args, model_args.cache_dir, model_args.token)
     if training_args.do_train and "train" not in splits:
@@ -110,7 +112,7 @@ def main(argv=None):
             for name, dataset in to_dataset_dict(splits).items()
         }
 
-    trainer = Seq2SeqTrainer(
+    trainer = PrefixTuningTrainer(
         model=model,
         args=training_args,
         train_dataset=tokenized.get("train") if training_args.do_train else None,
@@ -136,7 +138,7 @@ def main(argv=None):
     if training_args.do_eval:
         logger.info("*** Evaluate ***")
         metrics = trainer.evaluate(metric_key_prefix="eval")
-        metrics["eval_samples"] = len(tokenized["validation"])
+        set_sample_count(metrics, "eval", len(tokenized["validation"]))
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
 
@@ -144,7 +146,7 @@ def main(argv=None):
         logger.info("*** Predict ***")
         results = trainer.predict(tokenized["test"], metric_key_prefix="predict")
         metrics = results.metrics
-        metrics["predict_samples"] = len(tokenized["test"])
+        set_sample_count(metrics, "predict", len(tokenized["test"]))
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
 
