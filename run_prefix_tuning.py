@@ -36,7 +36,7 @@ from prefix_tuning_utils.output_dir import prepare_output_dir
 from prefix_tuning_utils.prefix_init import init_prefix_from_text
 from prefix_tuning_utils.preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
 from prefix_tuning_utils.scoring import LabelScorer
-from prefix_tuning_utils.trainer import PrefixTuningTrainer, TrainingDivergedError
+from prefix_tuning_utils.trainer import PrefixTuningTrainer, TrainingDivergedError, set_sample_count
 
 
 logger = logging.getLogger(__name__)
@@ -60,9 +60,9 @@ def setup_logging(training_args) -> None:
     transformers.utils.logging.disable_default_handler()
     transformers.utils.logging.enable_propagation()
     logger.warning(
-        f"Process rank: {training_args.process_index}, device: {training_args.device}, "
+        f"Process rank: {training_args.process_index} of {training_args.world_size}, device: {training_args.device}, "
         f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value}, "
-        f"bf16: {training_args.bf16}"
+        f"mixed precision: {training_args.mixed_precision}"
     )
 
 
@@ -78,7 +78,8 @@ def main(argv=None):
 
     # Checks that need no weights: config, tokenizer, data.
     config = get_model_config(model_args)
-    task = check_model_config(config, fp16=training_args.fp16)
+    # fp16 can also come from the accelerate config (mixed_precision: fp16) without --fp16.
+    task = check_model_config(config, fp16=training_args.fp16 or training_args.mixed_precision == "fp16")
     tokenizer = get_tokenizer(model_args, task)
     splits, labels = get_datasets(data_args, model_args.cache_dir, model_args.token)
     if training_args.do_train and "train" not in splits:
@@ -171,7 +172,7 @@ def main(argv=None):
     if training_args.do_eval:
         logger.info("*** Evaluate ***")
         metrics = trainer.evaluate(metric_key_prefix="eval")
-        metrics["eval_samples"] = len(tokenized["validation"])
+        set_sample_count(metrics, "eval", len(tokenized["validation"]))
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         eval_answers = compute_metrics.last_answers if compute_metrics is not None else trainer.last_eval_answers
@@ -180,7 +181,7 @@ def main(argv=None):
         logger.info("*** Predict ***")
         results = trainer.predict(tokenized["test"], metric_key_prefix="predict")
         metrics = results.metrics
-        metrics["predict_samples"] = len(tokenized["test"])
+        set_sample_count(metrics, "predict", len(tokenized["test"]))
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
 

@@ -75,7 +75,7 @@ def method_flags(name: str) -> list[str]:
         return drop_prefix(common) + ["--tuning_method", "full", "--do_train", "False"]
     if name == "lora":
         return drop_prefix(common) + ["--tuning_method", "lora", "--lora_r", "8", "--lora_alpha", "16",
-                                      "--learning_rate", "5e-4", "--num_train_epochs", "1"]  # fmt: skip
+                                      "--learning_rate", "1e-3", "--num_train_epochs", "1"]  # fmt: skip
     if name == "full":
         return drop_prefix(common) + ["--tuning_method", "full", "--learning_rate", "5e-5", "--num_train_epochs", "1"]
     raise ValueError(name)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
+import torch
 import yaml
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
@@ -311,6 +312,10 @@ def parse_args(
     parser = HfArgumentParser(
         (ModelArguments, DataTrainingArguments, PrefixArguments, PrefixTrainingArguments), epilog=PUSH_ONLY_USAGE
     )
+    if not torch.accelerator.is_available():
+        # No GPU: train on CPU explicitly. Without it `--bf16` is refused, and processes started by
+        # `accelerate launch` (torchrun) do not join a gloo process group: each would train alone on all the data.
+        parser.set_defaults(use_cpu=True)
     if argv and not argv[0].startswith("-") and argv[0].lower().endswith(RECIPE_EXTENSIONS):
         recipe = _recipe_defaults(parser, argv[0])
         cli = argv[1:]

@@ -181,3 +181,29 @@ def test_prefix_init_text_on_t5_runs_end_to_end(tmp_path, tiny_t5_dir):
         ]
     )  # fmt: skip
     assert json.loads((out / "all_results.json").read_text())["eval_samples"] == 17
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt", "full"])
+def test_trainer_loss_equals_the_models_own_loss_for_decoder_only(method):
+    """PrefixTuningTrainer computes the loss itself (exact under data parallelism); on one process and one batch it
+    must equal the model's own (shifted, token-mean) loss, prompt tuning's virtual positions included."""
+    from peft import PromptTuningConfig
+
+    from prefix_tuning_utils.trainer import token_mean_loss
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(tiny_llama_config(VOCAB)).eval()
+    if method == "prefix":
+        model = get_peft_model(base, PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=3))
+    elif method == "prompt":
+        model = get_peft_model(base, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=3))
+    else:
+        model = base
+    input_ids = torch.tensor([[5, 6, 7, 8, 9, 1], [10, 11, 12, 13, 0, 0]])
+    attention_mask = (input_ids != 0).long()
+    labels = torch.tensor([[-100, -100, -100, 8, 9, 1], [-100, -100, 12, 13, -100, -100]])
+    with torch.no_grad():
+        own = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask)
+    ours = token_mean_loss(outputs, labels, shift=True)
+    torch.testing.assert_close(ours, own, atol=1e-5, rtol=1e-5)
