@@ -254,6 +254,10 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):  # fmt: skip
+        if self.compute_metrics is None:
+            # Nothing would read the logits: do not gather them (for a decoder-only model with a large vocabulary
+            # that is gigabytes, and most of the evaluation time).
+            prediction_loss_only = True
         if self._one_answer_per_input():
             # Drop the copies the distributed sampler added to fill the last batch (see the module docstring).
             self.gather_function = functools.partial(
