@@ -6,7 +6,7 @@
     python run_prefix_tuning.py --help
 
 Only the prefix (a few virtual key/value vectors per attention layer) is trained; the adapter written to
---output_dir loads with plain `PeftModel.from_pretrained`.
+--output_dir loads with plain `PeftModel.from_pretrained` (with --prefix_scope all: after `import prefix_tuning_utils`).
 """
 
 import logging
@@ -18,6 +18,7 @@ import transformers
 from transformers import Seq2SeqTrainer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from prefix_tuning_utils.all_layer_prefix import check_scope_supported
 from prefix_tuning_utils.arguments import ArgumentError, parse_args
 from prefix_tuning_utils.data import get_datasets, to_dataset_dict
 from prefix_tuning_utils.metrics import build_compute_metrics
@@ -68,6 +69,7 @@ def main(argv=None):
     # Checks that need no weights: config, tokenizer, data.
     config = get_model_config(model_args)
     check_model_config(config, fp16=training_args.fp16)
+    check_scope_supported(config, prefix_args.prefix_scope)
     tokenizer = get_tokenizer(model_args)
     splits, labels = get_datasets(data_args, model_args.cache_dir, model_args.token)
     if training_args.do_train and "train" not in splits:
@@ -95,7 +97,7 @@ def main(argv=None):
 
     # Model: frozen base + trainable prefix.
     model = load_base_model(model_args, config)
-    model = build_prefix_model(model, build_prefix_config(config, prefix_args))
+    model = build_prefix_model(model, build_prefix_config(config, prefix_args), prefix_args.prefix_scope)
     if initialises_from_config(model_args) and training_args.should_save:
         save_initialised_base(model, tokenizer, training_args.output_dir)
     trainable, total = trainable_parameters(model)

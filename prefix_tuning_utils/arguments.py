@@ -84,8 +84,20 @@ class PrefixArguments:
             "projection's last layer, or the prefix itself, starts at zero)."
         },
     )
+    prefix_scope: Literal["decoder", "all"] = field(
+        default="decoder",
+        metadata={
+            "help": "Which attention layers get a prefix. `decoder`: peft's prefix, in the decoder's self-attention "
+            "only; the adapter loads with plain `PeftModel.from_pretrained`. `all`: also encoder self-attention and "
+            "cross-attention prefixes in every layer (Li & Liang, 2021), each behind a per-head gate that starts at "
+            "zero (T5 and mT5; --prefix_projection and --num_virtual_tokens apply to them, they always start "
+            "random); load it after `import prefix_tuning_utils` (see README)."
+        },
+    )
 
     def __post_init__(self):
+        if self.prefix_scope not in ("decoder", "all"):
+            raise ArgumentError(f"--prefix_scope must be `decoder` or `all`, got {self.prefix_scope!r}.")
         if self.num_virtual_tokens < 1:
             raise ArgumentError(f"--num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}.")
         if self.encoder_hidden_size is not None and self.encoder_hidden_size < 1:

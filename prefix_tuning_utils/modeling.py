@@ -9,6 +9,7 @@ import torch
 from peft import PeftConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig
 
+from . import all_layer_prefix
 from .arguments import ArgumentError, ModelArguments, PrefixArguments
 
 
@@ -137,8 +138,10 @@ def build_prefix_config(config: PretrainedConfig, args: PrefixArguments) -> Pref
     )
 
 
-def build_prefix_model(model, prefix_config: PrefixTuningConfig) -> PeftModel:
+def build_prefix_model(model, prefix_config: PrefixTuningConfig, prefix_scope: str = "decoder") -> PeftModel:
     peft_model = get_peft_model(model, prefix_config)
+    if prefix_scope == "all":  # encoder self-attention and cross-attention prefixes too
+        all_layer_prefix.attach(peft_model)
     return peft_model
 
 
