@@ -100,9 +100,15 @@ _PEFT_UNKNOWN_KEY_WARNING = r"Unexpected keyword arguments \['prefix_scope'\] fo
 class AddedPrefix(nn.Module):
     """Prefix keys and values for one attention type in every layer, and a per-head gate that starts at zero.
 
-    Flat (``projection_hidden_size=None``): ``embedding.weight`` is the prefix, ``num_virtual_tokens x (num_layers *
-    2 * num_heads * head_dim)``, laid out as peft lays out its own. With a projection: peft's MLP (embedding ->
-    Linear -> Tanh -> Linear) computes that table; each layer computes only its own rows of the last Linear.
+    Flat (``projection_hidden_size=None``): ``prefix[l]`` holds layer ``l``'s keys and values, ``num_virtual_tokens x
+    (2 * num_heads * head_dim)``. With a projection, peft's MLP: embedding -> Linear -> Tanh -> Linear, with the last
+    Linear (``hidden -> num_layers * 2 * num_heads * head_dim`` in peft) kept as one ``hidden -> 2 * num_heads *
+    head_dim`` Linear per layer (``projections[l]``): the same function, but each attention call computes and
+    back-propagates only its own layer's rows. (Slicing one big weight would make every call's backward write a
+    zero-filled gradient of the whole weight: 200 MB per call on t5-large.)
+
+    Saved flat, ``num_virtual_tokens x (num_layers * 2 * num_heads * head_dim)``, ordered layer, key/value, head,
+    dim: peft's layout for its own prefix.
     """
 
     def __init__(
@@ -119,39 +125,35 @@ class AddedPrefix(nn.Module):
         self.head_dim = head_dim
         self.num_virtual_tokens = num_virtual_tokens
         self.token_dim = num_heads * head_dim
-        width = num_layers * 2 * self.token_dim
+        width = 2 * self.token_dim
         self.projection = projection_hidden_size is not None
         if self.projection:
             self.embedding = nn.Embedding(num_virtual_tokens, self.token_dim)
-            self.transform = nn.Sequential(
-                nn.Linear(self.token_dim, projection_hidden_size),
-                nn.Tanh(),
-                nn.Linear(projection_hidden_size, width),
-            )
+            self.transform = nn.Sequential(nn.Linear(self.token_dim, projection_hidden_size), nn.Tanh())
+            self.projections = nn.ModuleList(nn.Linear(projection_hidden_size, width) for _ in range(num_layers))
         else:
             # normal(0, 1), as peft initialises its prefix; the zero gate, not the prefix, makes the start exact.
-            self.embedding = nn.Embedding(num_virtual_tokens, width)
+            self.prefix = nn.ParameterList(
+                nn.Parameter(torch.randn(num_virtual_tokens, width)) for _ in range(num_layers)
+            )
         self.gate = nn.Parameter(torch.zeros(num_layers, num_heads))
+
+    def layer_table(self, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s keys and values, flat: ``num_virtual_tokens x (2 * num_heads * head_dim)``."""
+        if self.projection:
+            return self.projections[layer](self.transform(self.embedding.weight))
+        return self.prefix[layer]
 
     def layer_key_value(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of one layer, each ``num_heads x num_virtual_tokens x head_dim``."""
-        width = 2 * self.token_dim
-        if self.projection:
-            hidden = self.transform[1](self.transform[0](self.embedding.weight))
-            last = self.transform[2]
-            rows = slice(layer * width, (layer + 1) * width)
-            table = nn.functional.linear(hidden, last.weight[rows], last.bias[rows])
-        else:
-            table = self.embedding.weight.view(self.num_virtual_tokens, self.num_layers, width)[:, layer]
+        table = self.layer_table(layer)
         key_value = table.view(self.num_virtual_tokens, 2, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
         return key_value[0], key_value[1]
 
     def flat(self) -> torch.Tensor:
         """The prefix table as saved (the projection applied), detached."""
         with torch.no_grad():
-            if self.projection:
-                return self.transform(self.embedding.weight).detach()
-            return self.embedding.weight.detach()
+            return torch.cat([self.layer_table(layer) for layer in range(self.num_layers)], dim=-1).detach()
 
     def load_flat(self, table: torch.Tensor, gate: torch.Tensor) -> None:
         if self.projection:
@@ -160,13 +162,15 @@ class AddedPrefix(nn.Module):
                 "the MLP cannot be recovered from its output. Load the adapter for inference instead (peft refuses "
                 "this for its own prefix too)."
             )
-        expected = (tuple(self.embedding.weight.shape), tuple(self.gate.shape))
+        width = 2 * self.token_dim
+        expected = ((self.num_virtual_tokens, self.num_layers * width), tuple(self.gate.shape))
         if (tuple(table.shape), tuple(gate.shape)) != expected:
             raise ValueError(
                 f"Saved prefix has shapes {tuple(table.shape)}, {tuple(gate.shape)}; expected {expected}."
             )
         with torch.no_grad():
-            self.embedding.weight.copy_(table)
+            for layer, values in enumerate(table.split(width, dim=-1)):
+                self.prefix[layer].copy_(values)
             self.gate.copy_(gate)
 
 
