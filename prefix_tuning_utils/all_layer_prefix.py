@@ -39,7 +39,8 @@ during training with ``--prefix_projection`` is applied and dropped, as peft doe
 ``all_layer_prefix.safetensors`` next to peft's adapter, and ``adapter_config.json`` gets ``"prefix_scope": "all"``.
 :func:`apply` (run when ``prefix_tuning_utils`` is imported) wraps ``PeftModel.save_pretrained`` and
 ``PeftModel.load_adapter`` so that this happens on every save (``Trainer`` checkpoints included) and
-``PeftModel.from_pretrained`` restores everything. Plain peft, without this package, loads the decoder prefix only
+``PeftModel.from_pretrained`` restores everything, and peft's config hook ``check_kwargs`` so that peft does not
+warn about the key it does not know. Plain peft, without this package, loads the decoder prefix only
 and warns ``Unexpected keyword arguments ['prefix_scope'] for class PrefixTuningConfig, these are ignored``.
 """
 
@@ -51,13 +52,12 @@ import json
 import logging
 import os
 import sys
-import warnings
 import weakref
 from dataclasses import dataclass
 
 import torch
 import transformers
-from peft import PeftModel, PeftType
+from peft import PeftConfig, PeftModel, PeftType
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -89,8 +89,6 @@ IMPLEMENTATION_PREFIX = "prefix_scope_"
 WRAPPED_IMPLEMENTATIONS = ("sdpa", "eager")
 _SLOT = "_prefix_scope_slot"  # attribute set on each T5Attention that gets a prefix
 _GUARD = "_prefix_scope_guard"  # attribute set on the encoder/decoder stacks once the dispatch guard is installed
-# peft's forward-compatibility warning when it loads our adapter_config.json; silenced once we restore everything.
-_PEFT_UNKNOWN_KEY_WARNING = r"Unexpected keyword arguments \['prefix_scope'\] for class PrefixTuningConfig"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -611,11 +609,11 @@ def _load_extra(peft_model, model_id, adapter_name: str, is_trainable: bool, hub
     logger.info("Restored the encoder self-attention and cross-attention prefixes from %s.", model_id)
 
 
-_ORIGINALS: dict[str, object] = {}
+_ORIGINALS: dict[tuple[type, str], object] = {}
 
 
 def _save_pretrained(self, *args, **kwargs):
-    original = _ORIGINALS["save_pretrained"]
+    original = _ORIGINALS[(PeftModel, "save_pretrained")]
     result = original(self, *args, **kwargs)
     if get_all_layer_prefix(self) is not None:
         bound = inspect.signature(original).bind(self, *args, **kwargs)
@@ -626,16 +624,30 @@ def _save_pretrained(self, *args, **kwargs):
 
 
 def _load_adapter(self, *args, **kwargs):
-    original = _ORIGINALS["load_adapter"]
+    original = _ORIGINALS[(PeftModel, "load_adapter")]
     result = original(self, *args, **kwargs)
-    if self.peft_config and self.active_peft_config.peft_type == PeftType.PREFIX_TUNING:
-        bound = inspect.signature(original).bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
+    bound = inspect.signature(original).bind(self, *args, **kwargs)
+    bound.apply_defaults()
+    arguments = bound.arguments
+    if self.peft_config[arguments["adapter_name"]].peft_type == PeftType.PREFIX_TUNING:
         _load_extra(
-            self, arguments["model_id"], arguments["adapter_name"], arguments["is_trainable"], arguments["kwargs"]
+            self,
+            arguments["model_id"],
+            arguments["adapter_name"],
+            arguments["is_trainable"],
+            dict(arguments["kwargs"]),
         )
     return result
+
+
+def _check_kwargs(cls, **kwargs):
+    """peft's hook on a loaded adapter_config.json: take out our key, which load_adapter reads and restores itself
+    (peft would otherwise warn that it is ignored)."""
+    owner = next(klass for klass in _ORIGINALS if klass[1] == "check_kwargs")
+    kwargs = _ORIGINALS[owner].__func__(cls, **kwargs)
+    if kwargs.get("peft_type") == PeftType.PREFIX_TUNING:
+        kwargs.pop(ADAPTER_CONFIG_KEY, None)
+    return kwargs
 
 
 def is_applied() -> bool:
@@ -643,7 +655,8 @@ def is_applied() -> bool:
 
 
 def apply() -> None:
-    """Register the attention functions and wrap ``PeftModel.save_pretrained`` / ``load_adapter`` (idempotent)."""
+    """Register the attention functions; wrap ``PeftModel.save_pretrained`` / ``load_adapter`` and peft's config
+    ``check_kwargs`` (idempotent)."""
     if _ORIGINALS:
         return
     try:
@@ -652,19 +665,18 @@ def apply() -> None:
         logger.debug("--prefix_scope all unavailable: %s", err)
     for name, replacement in (("save_pretrained", _save_pretrained), ("load_adapter", _load_adapter)):
         original = PeftModel.__dict__[name]
-        _ORIGINALS[name] = original
+        _ORIGINALS[(PeftModel, name)] = original
         setattr(PeftModel, name, functools.wraps(original)(replacement))
-    # We restore `prefix_scope` ourselves, so peft's "these are ignored" warning about it would be wrong.
-    warnings.filterwarnings("ignore", message=_PEFT_UNKNOWN_KEY_WARNING)
+    config_class = next(klass for klass in PeftConfig.__mro__ if "check_kwargs" in klass.__dict__)
+    original = config_class.__dict__["check_kwargs"]
+    _ORIGINALS[(config_class, "check_kwargs")] = original
+    config_class.check_kwargs = classmethod(functools.wraps(original.__func__)(_check_kwargs))
 
 
 def _remove() -> None:
-    for name, original in _ORIGINALS.items():
-        setattr(PeftModel, name, original)
+    for (klass, name), original in _ORIGINALS.items():
+        setattr(klass, name, original)
     _ORIGINALS.clear()
-    warnings.filters[:] = [
-        f for f in warnings.filters if not (f[1] is not None and f[1].pattern == _PEFT_UNKNOWN_KEY_WARNING)
-    ]
 
 
 class disabled:  # noqa: N801 - used like a function: ``with all_layer_prefix.disabled(): ...``
