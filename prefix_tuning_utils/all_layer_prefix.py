@@ -54,6 +54,7 @@ import os
 import sys
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import transformers
@@ -525,8 +526,7 @@ def attach(peft_model, trainable: bool | None = None) -> AllLayerPrefix:
 def read_prefix_scope(model_id, subfolder: str | None = None, **hub_kwargs) -> str:
     """The scope recorded in an adapter's ``adapter_config.json`` (``decoder`` when it records none)."""
     path = _adapter_file(model_id, "adapter_config.json", subfolder, **hub_kwargs)
-    with open(path, encoding="utf-8") as handle:
-        scope = json.load(handle).get(ADAPTER_CONFIG_KEY, "decoder")
+    scope = json.loads(Path(path).read_text(encoding="utf-8")).get(ADAPTER_CONFIG_KEY, "decoder")
     if scope not in SCOPES:
         raise ValueError(f"{path}: unknown {ADAPTER_CONFIG_KEY} {scope!r}; expected one of {', '.join(SCOPES)}.")
     return scope
@@ -580,28 +580,31 @@ def _save_extra(peft_model, save_directory: str, selected_adapters) -> None:
     adapter_config[ADAPTER_CONFIG_KEY] = "all"
     with open(config_path, "w", encoding="utf-8") as handle:
         handle.write(json.dumps(adapter_config, indent=2, sort_keys=True))
-    card = os.path.join(save_directory, "README.md")
-    text = open(card, encoding="utf-8").read() if os.path.isfile(card) else ""
+    card = Path(save_directory, "README.md")
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
     if "## Prefix scope: all" not in text:
-        with open(card, "a", encoding="utf-8") as handle:
-            handle.write(MODEL_CARD_NOTE.format(weights=WEIGHTS_NAME))
+        card.write_text(text + MODEL_CARD_NOTE.format(weights=WEIGHTS_NAME), encoding="utf-8")
 
 
-def _load_extra(peft_model, model_id, adapter_name: str, is_trainable: bool, hub_kwargs: dict) -> None:
-    subfolder = hub_kwargs.pop("subfolder", None)
-    scope = read_prefix_scope(model_id, subfolder, **hub_kwargs)
-    prefixes = get_all_layer_prefix(peft_model)
-    if scope == "decoder":
-        if prefixes is not None:
-            raise ValueError(
-                f"{model_id} is a --prefix_scope decoder adapter, but this model has --prefix_scope all prefixes; "
-                "load it onto a model without them."
-            )
-        return
-    if adapter_name != "default" or len(peft_model.peft_config) != 1:
+def _check_load(peft_model, scope: str, model_id, adapter_name: str) -> None:
+    """Refuse, before peft loads anything, an adapter that could only be half applied."""
+    has_prefixes = get_all_layer_prefix(peft_model) is not None
+    if scope == "decoder" and has_prefixes:
         raise ValueError(
-            f"--prefix_scope all adapters load as the only adapter, named 'default' (got {adapter_name!r})."
+            f"{model_id} is a --prefix_scope decoder adapter, but this model has --prefix_scope all prefixes; "
+            "load it onto a model without them."
         )
+    others = [name for name in peft_model.peft_config if name != adapter_name]
+    if scope == "all" and (adapter_name != "default" or others):
+        raise ValueError(
+            f"--prefix_scope all adapters load as the only adapter, named 'default' (got {adapter_name!r}"
+            + (f", next to {others}" if others else "")
+            + ")."
+        )
+
+
+def _load_extra(peft_model, model_id, subfolder: str | None, is_trainable: bool, hub_kwargs: dict) -> None:
+    prefixes = get_all_layer_prefix(peft_model)
     if prefixes is None:
         prefixes = attach(peft_model, trainable=is_trainable)
     state = load_file(_adapter_file(model_id, WEIGHTS_NAME, subfolder, **hub_kwargs))
@@ -625,18 +628,21 @@ def _save_pretrained(self, *args, **kwargs):
 
 def _load_adapter(self, *args, **kwargs):
     original = _ORIGINALS[(PeftModel, "load_adapter")]
-    result = original(self, *args, **kwargs)
     bound = inspect.signature(original).bind(self, *args, **kwargs)
     bound.apply_defaults()
-    arguments = bound.arguments
-    if self.peft_config[arguments["adapter_name"]].peft_type == PeftType.PREFIX_TUNING:
-        _load_extra(
-            self,
-            arguments["model_id"],
-            arguments["adapter_name"],
-            arguments["is_trainable"],
-            dict(arguments["kwargs"]),
-        )
+    model_id, adapter_name = bound.arguments["model_id"], bound.arguments["adapter_name"]
+    hub_kwargs = dict(bound.arguments["kwargs"])
+    subfolder = hub_kwargs.pop("subfolder", None)
+    try:
+        config = json.loads(Path(_adapter_file(model_id, "adapter_config.json", subfolder, **hub_kwargs)).read_text())
+    except (OSError, ValueError):
+        config = {}  # peft raises its own error about it
+    scope = config.get(ADAPTER_CONFIG_KEY, "decoder") if config.get("peft_type") == PeftType.PREFIX_TUNING else None
+    if scope is not None:
+        _check_load(self, scope, model_id, adapter_name)
+    result = original(self, *args, **kwargs)
+    if scope == "all":
+        _load_extra(self, model_id, subfolder, bound.arguments["is_trainable"], hub_kwargs)
     return result
 
 

@@ -439,9 +439,18 @@ def test_refuses_unsupported_setups(tmp_path):
     with pytest.raises(ValueError, match="already has"):
         attach(full)
     decoder, _ = scope_pair()
+    with torch.no_grad():
+        decoder.prompt_encoder["default"].embedding.weight.add_(1.0)
     decoder.save_pretrained(tmp_path / "decoder")
+    full.save_pretrained(tmp_path / "all")
+    before = full.prompt_encoder["default"].embedding.weight.detach().clone()
+    # Refused before peft loads anything: the model is left as it was.
     with pytest.raises(ValueError, match="is a --prefix_scope decoder adapter"):
         full.load_adapter(tmp_path / "decoder", "default")
+    with pytest.raises(ValueError, match="load as the only adapter, named 'default'"):
+        full.load_adapter(tmp_path / "all", "second")
+    assert torch.equal(full.prompt_encoder["default"].embedding.weight, before)
+    assert list(full.peft_config) == ["default"]
 
 
 # --- 2. learning: all vs decoder on a frozen model trained for another task ---------------------------------------
