@@ -6,7 +6,7 @@
     python run_prefix_tuning.py --help
 
 Only the prefix (a few virtual key/value vectors per attention layer) is trained; the adapter written to
---output_dir loads with plain `PeftModel.from_pretrained`. With --push_to_hub it is published with a model card;
+--output_dir loads with plain `PeftModel.from_pretrained` (with --prefix_scope all: after `import prefix_tuning_utils`). With --push_to_hub it is published with a model card;
 `python run_prefix_tuning.py --push_only --output_dir DIR --hub_model_id ID` publishes a finished run again.
 """
 
@@ -18,6 +18,7 @@ import transformers
 from transformers import set_seed
 
 from prefix_tuning_utils import hub, model_card
+from prefix_tuning_utils.all_layer_prefix import check_scope_supported
 from prefix_tuning_utils.arguments import ArgumentError, parse_args
 from prefix_tuning_utils.data import get_datasets, to_dataset_dict
 from prefix_tuning_utils.metrics import build_compute_metrics
@@ -81,6 +82,7 @@ def main(argv=None):
     # fp16 can also come from the accelerate config (mixed_precision: fp16) without --fp16.
     task = check_model_config(config, fp16=training_args.fp16 or training_args.mixed_precision == "fp16")
     tokenizer = get_tokenizer(model_args, task)
+    check_scope_supported(config, prefix_args.prefix_scope)
     splits, labels = get_datasets(data_args, model_args.cache_dir, model_args.token)
     if training_args.do_train and "train" not in splits:
         raise ArgumentError("--do_train needs training data: --dataset_name or --train_file.")
@@ -124,7 +126,7 @@ def main(argv=None):
 
     # Model: frozen base + trainable prefix (or a baseline method).
     model = load_base_model(model_args, config, task)
-    model = build_model(model, build_peft_config(config, prefix_args, task))
+    model = build_model(model, build_peft_config(config, prefix_args, task), prefix_args.prefix_scope)
     if prefix_args.prefix_init_text is not None and checkpoint is None:
         init_prefix_from_text(model, tokenizer, prefix_args.prefix_init_text, task)
     if initialises_from_config(model_args) and training_args.should_save:

@@ -110,6 +110,16 @@ class PrefixArguments:
             "projection's last layer, or the prefix itself, starts at zero)."
         },
     )
+    prefix_scope: Literal["decoder", "all"] = field(
+        default="decoder",
+        metadata={
+            "help": "Which attention layers get a prefix. `decoder`: peft's prefix, in the decoder's self-attention "
+            "only; the adapter loads with plain `PeftModel.from_pretrained`. `all`: also encoder self-attention and "
+            "cross-attention prefixes in every layer (Li & Liang, 2021), each behind a per-head gate that starts at "
+            "zero (T5 and mT5; --prefix_projection and --num_virtual_tokens apply to them, they always start "
+            "random); load it after `import prefix_tuning_utils` (see README)."
+        },
+    )
 
     prefix_init_text: str | None = field(
         default=None,
@@ -132,6 +142,10 @@ class PrefixArguments:
             raise ArgumentError("--prefix_init_text needs --tuning_method prefix without --prefix_projection.")
         if self.lora_r < 1:
             raise ArgumentError(f"--lora_r must be at least 1, got {self.lora_r}.")
+        if self.prefix_scope not in ("decoder", "all"):
+            raise ArgumentError(f"--prefix_scope must be `decoder` or `all`, got {self.prefix_scope!r}.")
+        if self.prefix_scope == "all" and self.tuning_method != "prefix":
+            raise ArgumentError("--prefix_scope all needs --tuning_method prefix.")
         if self.num_virtual_tokens < 1:
             raise ArgumentError(f"--num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}.")
         if self.encoder_hidden_size is not None and self.encoder_hidden_size < 1:

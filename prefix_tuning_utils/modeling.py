@@ -28,6 +28,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from . import all_layer_prefix
 from .arguments import ArgumentError, ModelArguments, PrefixArguments
 
 
@@ -219,13 +220,19 @@ def build_peft_config(config: PretrainedConfig, args: PrefixArguments, task: Tas
     return None
 
 
-def build_model(model, peft_config: PeftConfig | None):
-    """Wrap the frozen base model in peft; with no peft config (full fine-tuning) every weight trains."""
+def build_model(model, peft_config: PeftConfig | None, prefix_scope: str = "decoder"):
+    """Wrap the frozen base model in peft; with no peft config (full fine-tuning) every weight trains.
+
+    `prefix_scope="all"` adds encoder self-attention and cross-attention prefixes (:mod:`all_layer_prefix`).
+    """
     if peft_config is None:
         for param in model.parameters():
             param.requires_grad_(True)
         return model
-    return get_peft_model(model, peft_config)
+    peft_model = get_peft_model(model, peft_config)
+    if prefix_scope == "all":
+        all_layer_prefix.attach(peft_model)
+    return peft_model
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
