@@ -65,18 +65,19 @@ class LabelScorer:
         return config is None or not config.is_prompt_learning or config.peft_type == PeftType.PREFIX_TUNING
 
     @torch.no_grad()
-    def log_scores(self, texts: list[str], share_encoder: bool = True) -> torch.Tensor:
+    def log_scores(self, texts: list[str]) -> torch.Tensor:
         """Summed log-probability of each label's tokens, shape (len(texts), len(labels)), float32 on CPU.
 
-        A seq2seq model's encoder runs once per batch and its decoder once per label (`share_encoder=False` runs
-        the whole model once per label instead; the scores are the same).
+        A seq2seq model's encoder runs once per batch and its decoder once per label, fed the shifted label (what
+        `labels=` does inside the model, without computing a loss); the scores are exactly those of one whole
+        forward with `labels=` per label (tests/test_predict.py).
         """
         was_training = self.model.training
         self.model.eval()
         try:
             batch = self._encode(texts)
             encoder_outputs = None
-            if share_encoder and self.encoder_is_shared:
+            if self.encoder_is_shared:
                 encoder_outputs = self.model.get_encoder()(
                     input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_dict=True
                 )
@@ -90,9 +91,12 @@ class LabelScorer:
         answer_ids = torch.tensor(answer, device=self.device).unsqueeze(0).repeat(size, 1)
         if self.task == "seq2seq":
             extra = {} if encoder_outputs is None else {"encoder_outputs": encoder_outputs}
-            logits = self.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=answer_ids, **extra
-            ).logits
+            shift = getattr(self.model, "prepare_decoder_input_ids_from_labels", None)
+            if shift is not None:
+                extra["decoder_input_ids"] = shift(labels=answer_ids)
+            else:
+                extra["labels"] = answer_ids
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             return log_probs.gather(-1, answer_ids.unsqueeze(-1)).squeeze(-1).sum(dim=1)
         # Decoder-only: prompt (right-padded) followed by the answer; each row's answer starts at its own length.
