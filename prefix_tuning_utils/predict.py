@@ -584,11 +584,13 @@ def predict(
         "prompt_template": data_args.prompt_template if scorer.task == "causal" else None,
         "max_source_length": data_args.max_source_length,
     }
+    # A model trained in this very run is new: its predictions start afresh.
+    overwrite = predict_args.overwrite_predictions or args.do_train
     decision = [None]
     if main:
         os.makedirs(output_dir, exist_ok=True)
         try:
-            decision = [_start_or_resume(output_dir, settings, summary.rows, predict_args.overwrite_predictions)]
+            decision = [_start_or_resume(output_dir, settings, summary.rows, overwrite)]
         except ArgumentError as err:
             decision = [err]
     if accelerator.num_processes > 1:

@@ -75,9 +75,12 @@ def full_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def prefix_adapter(tmp_path_factory):
-    """A prefix adapter trained for a few steps with a --source_prefix; returns (folder, trained model in memory)."""
+    """A prefix adapter trained for a few steps with a --source_prefix, predicting the quickstart sentences in the
+    same run; returns (folder, trained model in memory)."""
     out = tmp_path_factory.mktemp("adapter")
-    trainer = train_quickstart(out, "--max_steps", "4", "--source_prefix", "sentiment : ")
+    trainer = train_quickstart(
+        out, "--max_steps", "4", "--source_prefix", "sentiment : ", "--do_predict", "--test_file", QUICKSTART
+    )
     return out, trainer.model.eval()
 
 
@@ -182,13 +185,15 @@ def test_adapter_folder_predicts_with_its_saved_labels_and_source_prefix(prefix_
     expected = LabelScorer(model, tokenizer, LABELS, with_prefix, "seq2seq").probabilities(texts)
     got = torch.tensor([[row["probabilities"][label] for label in LABELS] for row in rows])
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    in_training_run = read_rows(adapter_dir)  # --do_train --do_predict: the model in memory, right after training
+    assert [(r["line"], r["label"]) for r in in_training_run] == [(r["line"], r["label"]) for r in rows]
     without = LabelScorer(model, tokenizer, LABELS, DataTrainingArguments(test_file=str(QUICKSTART)), "seq2seq")
     assert not torch.allclose(got, without.probabilities(texts), atol=1e-5), "the saved source_prefix was not used"
 
     # Predictions written into the model's own folder: the second run finds them complete (results and state files
     # written there do not count as a changed model).
     own = tmp_path / "own"
-    shutil.copytree(adapter_dir, own)
+    shutil.copytree(adapter_dir, own, ignore=shutil.ignore_patterns("predict*"))
     run_main(predict_argv(own, QUICKSTART, own))
     run_main(predict_argv(own, QUICKSTART, own))
     assert read_rows(own) == rows
@@ -205,7 +210,7 @@ def test_adapter_from_a_hub_id(prefix_adapter, tmp_path, monkeypatch):
     with FakeHub(hub_cache=tmp_path / "hub_cache") as hub:
         HfApi(token="hf_test_x").create_repo("me/fpb-prefix")
         HfApi(token="hf_test_x").upload_folder(
-            repo_id="me/fpb-prefix", folder_path=adapter_dir, ignore_patterns=["base_model/*", "checkpoint-*"]
+            repo_id="me/fpb-prefix", folder_path=adapter_dir, ignore_patterns=["base_model/*", "predict*"]
         )
         run_main(predict_argv("me/fpb-prefix", QUICKSTART, tmp_path / "hub", "--cache_dir", tmp_path / "cache"))
         assert hub.unhandled == [], [r.path for r in hub.unhandled]
