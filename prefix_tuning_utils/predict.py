@@ -61,6 +61,8 @@ TXT_LABEL = re.compile(r"[^\W\d_][\w-]*")
 # Control characters other than tab and line breaks: in ISO-8859-1 the bytes 0x80-0x9f decode to them, which in
 # practice means the file is UTF-8 or Windows-1252 (curly quotes, dashes, the euro sign), not ISO-8859-1.
 CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# JSON may escape half of a UTF-16 surrogate pair on its own ("\ud800"): not a character, not writable as UTF-8.
+SURROGATE = re.compile("[\ud800-\udfff]")
 SHOWN_BAD_ROWS = 20
 
 
@@ -192,6 +194,8 @@ class InputReader:
             error = f"empty text in {self.text_column!r}"
         elif error is None and CONTROL.search(text):
             error = "control characters in the text"
+        elif error is None and SURROGATE.search(text):
+            error = "a lone UTF-16 surrogate escape (\\ud800-\\udfff) in the text, which is no character"
         return Row(number, text, gold, error)
 
     def _jsonl_rows(self) -> Iterator[Row]:
@@ -552,6 +556,13 @@ def predict(
     if main and skip:
         os.makedirs(output_dir, exist_ok=True)
     summary = scan_input(reader, limit, bad_rows_path if skip and main else None)
+    logger.info(
+        "%s: %d rows to answer (%d with a gold label), %d bad.",
+        reader.name,
+        summary.rows,
+        summary.labelled,
+        summary.bad,
+    )
     if reader.utf8_looking_lines and main:
         logger.warning(
             "%s: %d line(s) with non-ASCII characters are valid UTF-8 but are read as %s (.txt default, as Financial "

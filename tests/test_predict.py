@@ -270,7 +270,7 @@ def test_csv_jsonl_json_rows_and_their_line_numbers(tmp_path):
     jsonl_path = tmp_path / "in.jsonl"
     jsonl_path.write_text(
         '{"sentence": "Profit rose .", "label": "positive"}\n\n{"sentence": "No label ."}\n{"sentence": \n'
-        '{"text": "wrong field"}\n{"sentence": "Class id .", "label": 2}\n',
+        '{"text": "wrong field"}\n{"sentence": "Class id .", "label": 2}\n{"sentence": "Half \\ud800 a pair"}\n',
         encoding="utf-8",
     )
     rows = list(InputReader(str(jsonl_path), LABELS))
@@ -280,6 +280,7 @@ def test_csv_jsonl_json_rows_and_their_line_numbers(tmp_path):
         (4, "", None, "malformed JSON"),
         (5, "", None, "no field 'sentence'"),
         (6, "Class id .", "positive", None),
+        (7, "Half \ud800 a pair", None, "a lone UTF-16 surrogate escape"),
     ]
     json_path = tmp_path / "in.json"
     json_path.write_text(json.dumps({"data": [{"sentence": "One ."}, {"sentence": "Two .", "label": "neutral"}]}))
