@@ -26,6 +26,7 @@ from prefix_tuning_utils.modeling import (
     build_model,
     build_peft_config,
     check_model_config,
+    find_trained_model,
     get_model_config,
     get_tokenizer,
     initialises_from_config,
@@ -34,6 +35,7 @@ from prefix_tuning_utils.modeling import (
     trainable_parameters,
 )
 from prefix_tuning_utils.output_dir import prepare_output_dir
+from prefix_tuning_utils.predict import predict
 from prefix_tuning_utils.prefix_init import init_prefix_from_text
 from prefix_tuning_utils.preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
 from prefix_tuning_utils.scoring import LabelScorer
@@ -71,11 +73,21 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     if hub.is_push_only(argv):  # publish a finished run again, nothing else
         return hub.push_only(argv)
-    model_args, data_args, prefix_args, training_args = parse_args(argv)
+    model_args, data_args, prefix_args, predict_args, training_args = parse_args(argv)
     # The Trainer must neither push nor pickle the token (training_args.bin): the Hub settings move out of its args.
     hub_settings = hub.take_hub_settings(training_args, model_args)
     setup_logging(training_args)
-    logger.info(f"Model {model_args}\nData {data_args}\nPrefix {prefix_args}\nTraining {training_args}")
+    logger.info(
+        f"Model {model_args}\nData {data_args}\nPrefix {prefix_args}\nPredict {predict_args}\nTraining {training_args}"
+    )
+
+    # Without --do_train, a model or adapter written by this script is used as it is, with the label words and input
+    # format saved next to it; an adapter's base model is found from its config.
+    model_name = model_args.model_name_or_path
+    trained = None if training_args.do_train else find_trained_model(model_args)
+    if trained is not None:
+        trained.apply_settings(data_args)
+        model_args = trained.base_args
 
     # Checks that need no weights: config, tokenizer, data.
     config = get_model_config(model_args)
@@ -88,8 +100,8 @@ def main(argv=None):
         raise ArgumentError("--do_train needs training data: --dataset_name or --train_file.")
     if training_args.do_eval and "validation" not in splits:
         raise ArgumentError("--do_eval needs validation data: --validation_file, or training data to hold out from.")
-    if training_args.do_predict and "test" not in splits:
-        raise ArgumentError("--do_predict needs test data: --test_file.")
+    if training_args.do_predict and "test" not in splits and data_args.test_file is None:
+        raise ArgumentError("--do_predict needs test data: --test_file, or a --dataset_name with a test split.")
     for split, limit in (
         ("train", data_args.max_train_samples),
         ("validation", data_args.max_eval_samples),
@@ -126,21 +138,29 @@ def main(argv=None):
 
     # Model: frozen base + trainable prefix (or a baseline method).
     model = load_base_model(model_args, config, task)
-    model = build_model(model, build_peft_config(config, prefix_args, task), prefix_args.prefix_scope)
-    if prefix_args.prefix_init_text is not None and checkpoint is None:
-        init_prefix_from_text(model, tokenizer, prefix_args.prefix_init_text, task)
+    if trained is not None:
+        model = trained.load(model)
+    elif training_args.do_train:
+        model = build_model(model, build_peft_config(config, prefix_args, task), prefix_args.prefix_scope)
+        if prefix_args.prefix_init_text is not None and checkpoint is None:
+            init_prefix_from_text(model, tokenizer, prefix_args.prefix_init_text, task)
+    # else: evaluation / prediction only, with the pretrained model as it is (no new, untrained prefix)
     if initialises_from_config(model_args) and training_args.should_save:
         save_initialised_base(model, tokenizer, training_args.output_dir)
     trainable, total = trainable_parameters(model)
-    logger.info(
-        f"Tuning method: {prefix_args.tuning_method}; trainable parameters: {trainable:,} of {total:,} "
-        f"({100 * trainable / total:.3f} %)"
-    )
+    if training_args.do_train:
+        logger.info(
+            f"Tuning method: {prefix_args.tuning_method}; trainable parameters: {trainable:,} of {total:,} "
+            f"({100 * trainable / total:.3f} %)"
+        )
+    else:
+        logger.info(f"No training: {model_name} is used as it is ({total:,} parameters).")
 
     with training_args.main_process_first(desc="tokenisation"):
         tokenized = {
             name: tokenize_dataset(dataset, tokenizer, data_args, name, task)
             for name, dataset in to_dataset_dict(splits).items()
+            if name != "test"  # prediction reads its rows itself, as a stream
         }
 
     compute_metrics = build_compute_metrics(tokenizer, labels) if trainer_generates else None
@@ -181,10 +201,8 @@ def main(argv=None):
 
     if training_args.do_predict:
         logger.info("*** Predict ***")
-        results = trainer.predict(tokenized["test"], metric_key_prefix="predict")
-        metrics = results.metrics
-        set_sample_count(metrics, "predict", len(tokenized["test"]))
-        trainer.log_metrics("predict", metrics)
+        metrics = predict(trainer, data_args, predict_args, model_args, splits.get("test"), model_name)
+        trainer.log_metrics("predict", {key: value for key, value in metrics.items() if not isinstance(value, dict)})
         trainer.save_metrics("predict", metrics)
 
     if training_args.do_train and publishable and trainer.is_world_process_zero():

@@ -18,6 +18,7 @@ __all__ = [
     "ModelArguments",
     "PrefixArguments",
     "PrefixTrainingArguments",
+    "PredictArguments",
     "ArgumentError",
     "parse_args",
     "DATA_EXTENSIONS",
@@ -184,7 +185,13 @@ class DataTrainingArguments:
         default=None,
         metadata={"help": "Validation data (same formats). Without it, --validation_split_percentage is held out."},
     )
-    test_file: str | None = field(default=None, metadata={"help": "Test data for --do_predict (same formats)."})
+    test_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Data for --do_predict: the same formats with labels optional; a .txt line is `sentence@label` "
+            "when the text after its last `@` is a single word, otherwise a bare sentence."
+        },
+    )
     text_column: str = field(default="sentence", metadata={"help": "Column with the input text (csv/json)."})
     label_column: str = field(default="label", metadata={"help": "Column with the label (csv/json)."})
     label_words: str | None = field(
@@ -284,7 +291,77 @@ class PrefixTrainingArguments(Seq2SeqTrainingArguments):
     )
 
 
-def _check_training_args(model_args: ModelArguments, training_args: PrefixTrainingArguments) -> None:
+# --- batch prediction (--do_predict); the work is in prefix_tuning_utils/predict.py ---
+
+
+@dataclass
+class PredictArguments:
+    """How --do_predict answers --test_file (or the dataset's test split) and writes predictions.jsonl."""
+
+    predict_mode: Literal["score", "generate"] = field(
+        default="score",
+        metadata={
+            "help": "`score`: rank classification, every input gets the label word with the highest log-probability "
+            "and a probability per label; `generate`: the model writes its answer (an answer that is no label word "
+            "gets label null)."
+        },
+    )
+    on_bad_row: Literal["error", "skip"] = field(
+        default="error",
+        metadata={
+            "help": "What to do with bad input rows (empty text, bytes that do not decode, a label outside the label "
+            "set): `error` stops before writing anything and names their lines; `skip` leaves them out, lists them "
+            "in predict_bad_rows.jsonl and counts them in predict_results.json."
+        },
+    )
+    predict_chunk_size: int = field(
+        default=512,
+        metadata={
+            "help": "Rows read, answered (split across processes) and appended to predictions.jsonl at a time; memory "
+            "depends on it, not on the size of the input."
+        },
+    )
+    predictions_csv: bool = field(
+        default=False, metadata={"help": "Also write predictions.csv (the same rows) when the run is complete."}
+    )
+    overwrite_predictions: bool = field(
+        default=False,
+        metadata={
+            "help": "Start again instead of resuming, and replace predictions in --output_dir that were made from "
+            "another input or with other settings (without it such a run is refused)."
+        },
+    )
+    test_file_encoding: str | None = field(
+        default=None,
+        metadata={
+            "help": "Encoding of --test_file (default: ISO-8859-1 for .txt, as Financial PhraseBank; UTF-8 for "
+            ".csv/.json/.jsonl). A line that does not decode is a bad row."
+        },
+    )
+
+    def __post_init__(self):
+        import codecs
+
+        if self.predict_mode not in ("score", "generate"):
+            raise ArgumentError(f"--predict_mode must be score or generate, got {self.predict_mode!r}.")
+        if self.on_bad_row not in ("error", "skip"):
+            raise ArgumentError(f"--on_bad_row must be error or skip, got {self.on_bad_row!r}.")
+        if self.predict_chunk_size < 1:
+            raise ArgumentError(f"--predict_chunk_size must be at least 1, got {self.predict_chunk_size}.")
+        if self.test_file_encoding is not None:
+            try:
+                codecs.lookup(self.test_file_encoding)
+            except LookupError:
+                raise ArgumentError(
+                    f"--test_file_encoding {self.test_file_encoding!r} is not an encoding Python knows "
+                    "(e.g. utf-8, iso-8859-1, cp1252)."
+                ) from None
+
+
+# --- end of batch prediction arguments ---
+
+
+def _check_training_args(model_args: ModelArguments, training_args: Seq2SeqTrainingArguments) -> None:
     if model_args.model_name_or_path is None:
         raise ArgumentError("--model_name_or_path is required (e.g. t5-large, or a local model folder).")
     if training_args.gradient_checkpointing:
@@ -320,11 +397,12 @@ def _recipe_defaults(parser: HfArgumentParser, path: str) -> dict:
 
 def parse_args(
     argv: list[str] | None = None,
-) -> tuple[ModelArguments, DataTrainingArguments, PrefixArguments, PrefixTrainingArguments]:
+) -> tuple[ModelArguments, DataTrainingArguments, PrefixArguments, PredictArguments, PrefixTrainingArguments]:
     """Parse a recipe file (optional, first argument) and command-line flags; flags override the recipe."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = HfArgumentParser(
-        (ModelArguments, DataTrainingArguments, PrefixArguments, PrefixTrainingArguments), epilog=PUSH_ONLY_USAGE
+        (ModelArguments, DataTrainingArguments, PrefixArguments, PredictArguments, PrefixTrainingArguments),
+        epilog=PUSH_ONLY_USAGE,
     )
     if not torch.accelerator.is_available():
         # No GPU: train on CPU explicitly. Without it `--bf16` is refused, and processes started by
@@ -341,10 +419,10 @@ def parse_args(
     else:
         cli = argv
     try:
-        model_args, data_args, prefix_args, training_args = parser.parse_args_into_dataclasses(args=cli)
+        model_args, data_args, prefix_args, predict_args, training_args = parser.parse_args_into_dataclasses(args=cli)
     except ArgumentError:
         raise
     except ValueError as err:  # transformers' own checks, e.g. unknown flags or conflicting training arguments
         raise ArgumentError(" ".join(str(err).split())) from None
     _check_training_args(model_args, training_args)
-    return model_args, data_args, prefix_args, training_args
+    return model_args, data_args, prefix_args, predict_args, training_args

@@ -294,7 +294,8 @@ def get_datasets(
             )
         else:
             splits.update(_load_hub_dataset(args, cache_dir, token, labels))
-    for split, path in (("train", args.train_file), ("validation", args.validation_file), ("test", args.test_file)):
+    # --test_file is not read here: batch prediction (predict.py) streams it.
+    for split, path in (("train", args.train_file), ("validation", args.validation_file)):
         if path is not None:
             splits[split] = read_data_file(path, args, labels)
     if labels is None:
@@ -308,6 +309,11 @@ def get_datasets(
     if "train" in splits and "validation" not in splits:
         splits["train"], splits["validation"] = stratified_split(
             splits["train"], args.validation_split_percentage, args.split_seed
+        )
+    if len(labels) < 2 and not splits and args.test_file is not None:
+        raise ArgumentError(
+            "Prediction needs the label words: pass --label_words, or a --model_name_or_path trained by this script "
+            "(its prefix_tuning.json names them)."
         )
     if len(labels) < 2:
         raise ArgumentError(f"The data has fewer than two labels ({', '.join(labels) or 'none'}); check the files.")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
-__all__ = ["classification_metrics", "confusion_matrix", "normalise_answer", "build_compute_metrics"]
+__all__ = [
+    "build_compute_metrics",
+    "classification_metrics",
+    "confusion_matrix",
+    "confusion_metrics",
+    "normalise_answer",
+]
 
 
 def normalise_answer(text: str) -> str:
@@ -49,6 +55,32 @@ def confusion_matrix(predictions: list[str], references: list[str], labels: list
         if row is not None:
             counts[row][norm.get(normalise_answer(prediction), len(labels))] += 1
     return counts
+
+
+def confusion_metrics(confusion: dict[str, dict[str | None, int]], labels: list[str]) -> dict[str, float]:
+    """The metrics of :func:`classification_metrics` from a confusion matrix (counts, not lists of answers).
+
+    `confusion[gold][predicted]` counts the examples of gold label `gold` answered `predicted` (None: no label
+    at all). Used by batch prediction, whose memory must not grow with the number of rows.
+    """
+    total = sum(sum(row.values()) for row in confusion.values())
+    correct = sum(confusion.get(label, {}).get(label, 0) for label in labels)
+    invalid = sum(row.get(None, 0) for row in confusion.values())
+    metrics: dict[str, float] = {
+        "accuracy": correct / total if total else 0.0,
+        "invalid_rate": invalid / total if total else 0.0,
+    }
+    f1s = []
+    for label in labels:
+        tp = confusion.get(label, {}).get(label, 0)
+        fp = sum(row.get(label, 0) for gold, row in confusion.items() if gold != label)
+        fn = sum(confusion.get(label, {}).values()) - tp
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        metrics[f"f1_{label}"] = f1
+        f1s.append(f1)
+    metrics["macro_f1"] = float(np.mean(f1s))
+    metrics["samples"] = total
+    return metrics
 
 
 def build_compute_metrics(tokenizer, labels: list[str]):

@@ -7,6 +7,7 @@ batch prediction.
 from __future__ import annotations
 
 import torch
+from peft import PeftType
 
 from .arguments import DataTrainingArguments
 from .preprocessing import causal_answer_ids, causal_prompt, seq2seq_source
@@ -51,25 +52,51 @@ class LabelScorer:
         finally:
             self.tokenizer.padding_side = previous
 
+    @property
+    def encoder_is_shared(self) -> bool:
+        """True when the encoder's output does not depend on the answer, so it can be computed once per batch.
+
+        Holds for seq2seq models, plain or with a prefix (which lives in the decoder) or LoRA; not for prompt
+        tuning, whose virtual tokens peft prepends to the encoder input inside its own forward.
+        """
+        if self.task != "seq2seq":
+            return False
+        config = getattr(self.model, "active_peft_config", None)
+        return config is None or not config.is_prompt_learning or config.peft_type == PeftType.PREFIX_TUNING
+
     @torch.no_grad()
     def log_scores(self, texts: list[str]) -> torch.Tensor:
-        """Summed log-probability of each label's tokens, shape (len(texts), len(labels)), float32 on CPU."""
+        """Summed log-probability of each label's tokens, shape (len(texts), len(labels)), float32 on CPU.
+
+        A seq2seq model's encoder runs once per batch and its decoder once per label, fed the shifted label (what
+        `labels=` does inside the model, without computing a loss); the scores are exactly those of one whole
+        forward with `labels=` per label (tests/test_predict.py).
+        """
         was_training = self.model.training
         self.model.eval()
         try:
             batch = self._encode(texts)
-            scores = [self._score_answer(batch, answer) for answer in self.answers]
+            encoder_outputs = None
+            if self.encoder_is_shared:
+                encoder_outputs = self.model.get_encoder()(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_dict=True
+                )
+            scores = [self._score_answer(batch, answer, encoder_outputs) for answer in self.answers]
         finally:
             self.model.train(was_training)
         return torch.stack(scores, dim=1).float().cpu()
 
-    def _score_answer(self, batch, answer: list[int]) -> torch.Tensor:
+    def _score_answer(self, batch, answer: list[int], encoder_outputs=None) -> torch.Tensor:
         size = batch["input_ids"].shape[0]
         answer_ids = torch.tensor(answer, device=self.device).unsqueeze(0).repeat(size, 1)
         if self.task == "seq2seq":
-            logits = self.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=answer_ids
-            ).logits
+            extra = {} if encoder_outputs is None else {"encoder_outputs": encoder_outputs}
+            shift = getattr(self.model, "prepare_decoder_input_ids_from_labels", None)
+            if shift is not None:
+                extra["decoder_input_ids"] = shift(labels=answer_ids)
+            else:
+                extra["labels"] = answer_ids
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             return log_probs.gather(-1, answer_ids.unsqueeze(-1)).squeeze(-1).sum(dim=1)
         # Decoder-only: prompt (right-padded) followed by the answer; each row's answer starts at its own length.

@@ -54,6 +54,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .arguments import ArgumentError
 from .data import LabelledData
 from .metrics import classification_metrics
+from .modeling import save_task_settings
 from .output_dir import CHECKPOINT_COMPLETE_FILE, last_complete_checkpoint
 from .scoring import LabelScorer
 
@@ -271,6 +272,14 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
             metrics = self.answer_metrics(self.eval_examples)
             output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in metrics.items()})
         return output
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save as usual, plus `prefix_tuning.json` (label words, input format), so the model scores on its own."""
+        super()._save(output_dir, state_dict=state_dict)
+        if self.scorer is not None and self.args.should_save:
+            save_task_settings(
+                output_dir or self.args.output_dir, self.scorer.labels, self.scorer.data_args, self.scorer.task
+            )
 
     def answer(self, texts: list[str]) -> list[str]:
         """The label (score mode) or the decoded answer (generate mode) for each text, across all processes."""

@@ -376,7 +376,7 @@ def test_local_run_writes_the_card_without_pushing(tmp_path, tiny_t5_dir):
 
 
 def test_logged_arguments_hold_no_token(tmp_path):
-    model_args, data_args, prefix_args, training_args = parse_args(
+    model_args, data_args, prefix_args, _, training_args = parse_args(
         training_argv(tmp_path, "me/x", "--hub_token", "hf_test_hub_secret", "--token", "hf_test_model_secret")
     )
     settings = hub_module.take_hub_settings(training_args, model_args)

@@ -13,7 +13,7 @@ from peft import PeftConfig, PeftModel
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 import run_prefix_tuning
-from prefix_tuning_utils.arguments import DataTrainingArguments, ModelArguments, PrefixArguments
+from prefix_tuning_utils.arguments import DataTrainingArguments, ModelArguments, PredictArguments, PrefixArguments
 from tests.conftest import REPO
 
 
@@ -86,7 +86,7 @@ def test_help_lists_every_argument_with_its_help():
     )
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())
-    for dataclass in (ModelArguments, DataTrainingArguments, PrefixArguments):
+    for dataclass in (ModelArguments, DataTrainingArguments, PrefixArguments, PredictArguments):
         for field in dataclasses.fields(dataclass):
             assert f"--{field.name}" in text, field.name
             first_words = " ".join(field.metadata["help"].split()[:6])
@@ -99,7 +99,7 @@ def test_recipe_values_are_overridden_by_flags(tmp_path, monkeypatch):
     from prefix_tuning_utils.arguments import parse_args
 
     monkeypatch.chdir(REPO)
-    model_args, data_args, prefix_args, training_args = parse_args(
+    model_args, data_args, prefix_args, _, training_args = parse_args(
         ["recipes/t5-large_financial_phrasebank.yaml", "--num_virtual_tokens", "7", "--output_dir", str(tmp_path)]
     )
     assert model_args.model_name_or_path == "t5-large"
