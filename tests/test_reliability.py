@@ -168,7 +168,7 @@ def test_divergence_guard_stops_and_keeps_last_good_checkpoint(tmp_path, capsys)
 def _train_command(out, projection: bool):
     return [
         sys.executable, "run_prefix_tuning.py", "recipes/quickstart.yaml",
-        "--output_dir", str(out), "--max_steps", "24", "--save_strategy", "steps", "--save_steps", "4",
+        "--output_dir", str(out), "--max_steps", "40", "--save_strategy", "steps", "--save_steps", "4",
         "--eval_strategy", "no", "--logging_steps", "4", "--learning_rate", "0.01",
         *(["--prefix_projection", "--encoder_hidden_size", "16"] if projection else []),
     ]  # fmt: skip
@@ -194,11 +194,13 @@ def test_killed_run_resumes_to_the_same_adapter_and_metrics(tmp_path, projection
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_train_command(killed, projection), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    # Kill at a random step after the first checkpoint: the moment checkpoint-k appears (k random in 4..24, of 40
+    # steps), which may well be in the middle of writing it.
+    target = killed / f"checkpoint-{4 * int(torch.randint(1, 7, (1,)))}"
     deadline = time.time() + 300
-    while not (killed / "checkpoint-4" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.05)
-    time.sleep(float(torch.rand(1)) * 0.5)  # a random moment after the first checkpoint
+    while not target.exists():
+        assert proc.poll() is None and time.time() < deadline, f"the run ended before {target.name}"
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "train_results.json").exists(), "killed too late: the run had already finished"
@@ -212,7 +214,7 @@ def test_killed_run_resumes_to_the_same_adapter_and_metrics(tmp_path, projection
     for key in ("eval_accuracy", "eval_macro_f1", "eval_loss"):
         assert got_results[key] == ref_results[key], key
     if projection:
-        assert (killed / "checkpoint-4" / "prefix_encoder.safetensors").is_file()
+        assert (killed / "checkpoint-40" / "prefix_encoder.safetensors").is_file()
         assert not (killed / "prefix_encoder.safetensors").exists()  # the final adapter keeps only the prefix
 
 
