@@ -26,24 +26,13 @@ def classification_metrics(predictions: list[str], references: list[str], labels
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
     norm = {normalise_answer(label): label for label in labels}
-    preds = [norm.get(normalise_answer(p)) for p in predictions]
-    refs = [norm.get(normalise_answer(r), r) for r in references]
-    total = len(refs)
-    metrics: dict[str, float] = {
-        "accuracy": sum(p == r for p, r in zip(preds, refs)) / total if total else 0.0,
-        "invalid_rate": sum(p is None for p in preds) / total if total else 0.0,
-    }
-    f1s = []
-    for label in labels:
-        tp = sum(p == label and r == label for p, r in zip(preds, refs))
-        fp = sum(p == label and r != label for p, r in zip(preds, refs))
-        fn = sum(p != label and r == label for p, r in zip(preds, refs))
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-        metrics[f"f1_{label}"] = f1
-        f1s.append(f1)
-    metrics["macro_f1"] = float(np.mean(f1s))
-    metrics["samples"] = total
-    return metrics
+    confusion: dict[str, dict[str | None, int]] = {}
+    for prediction, reference in zip(predictions, references):
+        gold = norm.get(normalise_answer(reference), reference)
+        answer = norm.get(normalise_answer(prediction))
+        row = confusion.setdefault(gold, {})
+        row[answer] = row.get(answer, 0) + 1
+    return confusion_metrics(confusion, labels)
 
 
 def confusion_matrix(predictions: list[str], references: list[str], labels: list[str]) -> list[list[int]]:
