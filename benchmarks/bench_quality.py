@@ -142,10 +142,10 @@ def main() -> None:
             row = run(method, seed, work / f"{method}-{seed}")
             rows.append(row)
             print(json.dumps(row), flush=True)
-    text = table(rows)
+    text = table(rows) + f"\n\nTotal wall time: {sum(row['wall_s'] for row in rows) / 60:.1f} min."
     print(text)
     if args.write_readme:
-        write_readme(text, " ".join(sys.argv[1:]))
+        write_readme(text, " ".join(a for a in sys.argv[1:] if a != "--write-readme"))
 
 
 def write_readme(text: str, argv: str) -> None:
@@ -154,7 +154,7 @@ def write_readme(text: str, argv: str) -> None:
     start, end = "<!-- bench_quality:start -->", "<!-- bench_quality:end -->"
     block = (
         f"{start}\nMeasured {datetime.date.today()} on this project's CI-sized machine (2 CPU cores), with\n"
-        f"`python benchmarks/bench_quality.py {argv}`:\n\n{text}\n{end}"
+        f"`python benchmarks/bench_quality.py{' ' + argv if argv else ''}`:\n\n{text}\n{end}"
     )
     if start in current:
         current = current[: current.index(start)] + block + current[current.index(end) + len(end) :]

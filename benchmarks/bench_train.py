@@ -275,7 +275,7 @@ def write_readme(text: str, argv: str, header: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=400, help="training examples (a multiple of 8: full batches)")
-    parser.add_argument("--rounds", type=int, default=2, help="runs of each method, alternating; the fastest is kept")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each method, alternating; the fastest is kept")
     parser.add_argument("--tokenizer_file", default=default_tokenizer_file(), help="T5 tokenizer.json")
     parser.add_argument("--data", type=Path, default=default_phrasebank(), help="Sentences_AllAgree.txt")
     parser.add_argument("--work_dir", type=Path, default=REPO / "runs" / "bench_train")

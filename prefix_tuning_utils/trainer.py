@@ -167,6 +167,19 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
 
+    def floating_point_ops(self, inputs) -> int:
+        """The Trainer's FLOP estimate (6 x tokens x parameters), with the parameters counted once, not every step.
+
+        transformers walks every parameter of the model on every training step to count them (2-4 ms per step on a
+        t5-small, about 1.5 % of a prefix-tuning step on a CPU); the count does not change during training.
+        """
+        tokens = inputs.get("input_ids") if isinstance(inputs, dict) else None
+        if not torch.is_tensor(tokens) or tokens.numel() == 0:
+            return super().floating_point_ops(inputs)
+        if getattr(self, "_flops_per_token", None) is None:
+            self._flops_per_token = super().floating_point_ops(inputs) / tokens.numel()
+        return int(self._flops_per_token * tokens.numel())
+
     def _get_train_sampler(self, train_dataset=None):
         """`group_by_length`: batches of similar length, the same for any number of processes (sampling.py)."""
         dataset = self.train_dataset if train_dataset is None else train_dataset
