@@ -35,6 +35,7 @@ from benchmarks.common import (  # noqa: E402
     require_phrasebank,
     require_tokenizer_file,
     save_t5_small_shaped,
+    write_readme_block,
 )
 
 
@@ -90,21 +91,6 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str, argv: str, header: str) -> None:
-    path = REPO / "benchmarks" / "README.md"
-    current = path.read_text()
-    start, end = "<!-- bench_memory:start -->", "<!-- bench_memory:end -->"
-    block = (
-        f"{start}\nMeasured {datetime.date.today()} with `python benchmarks/bench_memory.py{' ' + argv if argv else ''}`"
-        f"\n({header}):\n\n{text}\n{end}"
-    )
-    if start in current:
-        current = current[: current.index(start)] + block + current[current.index(end) + len(end) :]
-    else:
-        current = current.rstrip() + "\n\n## Memory\n\n" + block + "\n"
-    path.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps of batch size 8 per method")
@@ -127,8 +113,7 @@ def main() -> None:
     text = table(rows)
     print(text)
     if args.write_readme:
-        argv = " ".join(a for a in sys.argv[1:] if a != "--write-readme")
-        write_readme(text, argv, header)
+        write_readme_block(__file__, "Memory", text, header)
 
 
 if __name__ == "__main__":

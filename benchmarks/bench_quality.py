@@ -15,7 +15,6 @@ parameters (count and share), the size of the saved artefact, wall time and the 
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import json
 import os
@@ -28,6 +27,11 @@ import yaml
 
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import machine_line, write_readme_block  # noqa: E402
+
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RECIPE = REPO / "recipes" / "smollm2_financial_phrasebank.yaml"
 
@@ -145,22 +149,7 @@ def main() -> None:
     text = table(rows) + f"\n\nTotal wall time: {sum(row['wall_s'] for row in rows) / 60:.1f} min."
     print(text)
     if args.write_readme:
-        write_readme(text, " ".join(a for a in sys.argv[1:] if a != "--write-readme"))
-
-
-def write_readme(text: str, argv: str) -> None:
-    path = REPO / "benchmarks" / "README.md"
-    current = path.read_text() if path.is_file() else "# Benchmarks\n"
-    start, end = "<!-- bench_quality:start -->", "<!-- bench_quality:end -->"
-    block = (
-        f"{start}\nMeasured {datetime.date.today()} on this project's CI-sized machine (2 CPU cores), with\n"
-        f"`python benchmarks/bench_quality.py{' ' + argv if argv else ''}`:\n\n{text}\n{end}"
-    )
-    if start in current:
-        current = current[: current.index(start)] + block + current[current.index(end) + len(end) :]
-    else:
-        current = current.rstrip() + "\n\n## Quality (SmolLM2-135M-Instruct, Financial PhraseBank)\n\n" + block + "\n"
-    path.write_text(current)
+        write_readme_block(__file__, "Quality (SmolLM2-135M-Instruct, Financial PhraseBank)", text, machine_line())
 
 
 if __name__ == "__main__":

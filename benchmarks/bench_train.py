@@ -49,6 +49,7 @@ from benchmarks.common import (  # noqa: E402
     require_phrasebank,
     require_tokenizer_file,
     save_t5_small_shaped,
+    write_readme_block,
 )
 
 
@@ -257,21 +258,6 @@ def table(best: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str, argv: str, header: str) -> None:
-    path = REPO / "benchmarks" / "README.md"
-    current = path.read_text()
-    start, end = "<!-- bench_train:start -->", "<!-- bench_train:end -->"
-    block = (
-        f"{start}\nMeasured {datetime.date.today()} with `python benchmarks/bench_train.py{' ' + argv if argv else ''}`\n"
-        f"({header}):\n\n{text}\n{end}"
-    )
-    if start in current:
-        current = current[: current.index(start)] + block + current[current.index(end) + len(end) :]
-    else:
-        current = current.rstrip() + "\n\n## Training speed\n\n" + block + "\n"
-    path.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=400, help="training examples (a multiple of 8: full batches)")
@@ -315,7 +301,7 @@ def main() -> None:
     text = table(best)
     print(text)
     if args.write_readme:
-        write_readme(text, " ".join(a for a in sys.argv[1:] if a != "--write-readme"), header)
+        write_readme_block(__file__, "Training speed", text, header)
 
 
 if __name__ == "__main__":

@@ -85,3 +85,21 @@ def machine_line() -> str:
 def peak_rss_mib(usage) -> float:
     """Peak resident set size of a finished child, from os.wait4's rusage (KiB on Linux)."""
     return usage.ru_maxrss / 1024
+
+
+def write_readme_block(script: str, heading: str, text: str, machine: str) -> None:
+    """Put `text` between the markers of `script` in benchmarks/README.md (a new `heading` section if absent)."""
+    import datetime
+
+    path = REPO / "benchmarks" / "README.md"
+    current = path.read_text() if path.is_file() else "# Benchmarks\n"
+    name = Path(script).stem
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    argv = " ".join(arg for arg in sys.argv[1:] if arg != "--write-readme")
+    command = f"python benchmarks/{name}.py" + (f" {argv}" if argv else "")
+    block = f"{start}\nMeasured {datetime.date.today()} with `{command}`\n({machine}):\n\n{text}\n{end}"
+    if start in current:
+        current = current[: current.index(start)] + block + current[current.index(end) + len(end) :]
+    else:
+        current = current.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
+    path.write_text(current)
