@@ -62,6 +62,8 @@ from peft import PeftConfig, PeftModel, PeftType
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .patching import MethodPatches
+
 
 logger = logging.getLogger(__name__)
 
@@ -612,7 +614,8 @@ def _load_extra(peft_model, model_id, subfolder: str | None, is_trainable: bool,
     logger.info("Restored the encoder self-attention and cross-attention prefixes from %s.", model_id)
 
 
-_ORIGINALS: dict[tuple[type, str], object] = {}
+_PATCHES = MethodPatches()
+_ORIGINALS = _PATCHES.originals  # (class, name) -> the method replaced
 
 
 def _save_pretrained(self, *args, **kwargs):
@@ -680,20 +683,9 @@ def apply() -> None:
 
 
 def _remove() -> None:
-    for (klass, name), original in _ORIGINALS.items():
-        setattr(klass, name, original)
-    _ORIGINALS.clear()
+    _PATCHES.remove()
 
 
-class disabled:  # noqa: N801 - used like a function: ``with all_layer_prefix.disabled(): ...``
+def disabled():
     """Context manager that removes the save/load wrappers: behaves as plain peft does (for tests)."""
-
-    def __enter__(self):
-        self._was_applied = is_applied()
-        _remove()
-        return self
-
-    def __exit__(self, *exc):
-        if self._was_applied:
-            apply()
-        return False
+    return _PATCHES.disabled(apply)

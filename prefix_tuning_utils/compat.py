@@ -42,13 +42,16 @@ import torch
 from peft import PeftModelForCausalLM, PeftModelForSeq2SeqLM, PeftType
 from transformers import Cache
 
+from .patching import MethodPatches
+
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["apply", "is_applied", "disabled"]
 
 _PATCHED_CLASSES = (PeftModelForSeq2SeqLM, PeftModelForCausalLM)
-_ORIGINALS: dict[tuple[type, str], object] = {}
+_PATCHES = MethodPatches()
+_ORIGINALS = _PATCHES.originals  # (class, name) -> the method replaced
 _HOOK_FLAG = "_prefix_tuning_utils_cache_hook"
 
 
@@ -159,20 +162,9 @@ def apply() -> None:
 
 
 def _remove() -> None:
-    for (cls, name), original in _ORIGINALS.items():
-        setattr(cls, name, original)
-    _ORIGINALS.clear()
+    _PATCHES.remove()
 
 
-class disabled:  # noqa: N801 - used like a function: ``with compat.disabled(): ...``
+def disabled():
     """Context manager that removes the patch, to compare against upstream behaviour in tests."""
-
-    def __enter__(self):
-        self._was_applied = is_applied()
-        _remove()
-        return self
-
-    def __exit__(self, *exc):
-        if self._was_applied:
-            apply()
-        return False
+    return _PATCHES.disabled(apply)
