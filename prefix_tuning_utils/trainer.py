@@ -40,6 +40,7 @@ import functools
 import logging
 import math
 import os
+from collections.abc import Mapping
 
 import datasets
 import torch
@@ -150,6 +151,7 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
         check_distributed_setup(self)
         self.scorer, self.eval_examples, self.eval_mode = scorer, eval_examples, eval_mode
         self.last_eval_answers: tuple[list[str], list[str]] | None = None
+        self._flops_per_token: float | None = None  # floating_point_ops
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if (
@@ -173,10 +175,10 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
         transformers walks every parameter of the model on every training step to count them (2-4 ms per step on a
         t5-small, about 1.5 % of a prefix-tuning step on a CPU); the count does not change during training.
         """
-        tokens = inputs.get("input_ids") if isinstance(inputs, dict) else None
+        tokens = inputs.get("input_ids") if isinstance(inputs, Mapping) else None  # a BatchEncoding is no dict
         if not torch.is_tensor(tokens) or tokens.numel() == 0:
             return super().floating_point_ops(inputs)
-        if getattr(self, "_flops_per_token", None) is None:
+        if self._flops_per_token is None:
             self._flops_per_token = super().floating_point_ops(inputs) / tokens.numel()
         return int(self._flops_per_token * tokens.numel())
 

@@ -115,3 +115,17 @@ def test_script_groups_training_batches_by_default(tmp_path):
     (grouped, seen), (shuffled, seen_random) = efficiency(default), efficiency(plain)
     assert seen == seen_random == len(default.train_dataset)
     assert grouped > 0.9 and grouped > shuffled + 0.05, (grouped, shuffled)
+
+
+def test_flop_estimate_counts_the_parameters_once(tmp_path, monkeypatch):
+    """transformers counts every parameter on every step for its FLOP estimate; ours counts them once."""
+    from transformers import PreTrainedModel
+
+    calls = []
+    original = PreTrainedModel.num_parameters
+    monkeypatch.setattr(
+        PreTrainedModel, "num_parameters", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    )
+    trainer = run_prefix_tuning.main(quickstart_argv(tmp_path, "--max_steps", "6"))
+    assert trainer.state.global_step == 6 and trainer.state.total_flos > 0
+    assert len(calls) <= 2, len(calls)  # one FLOP estimate (plus any count at start-up), not one per step
