@@ -31,10 +31,9 @@ __all__ = ["SeededLengthGroupedSampler", "token_lengths"]
 
 def token_lengths(dataset, column: str = "input_ids") -> list[int]:
     """Length of every row's token list, read from Arrow without decoding the rows."""
-    table = dataset.with_format("arrow")[:] if len(dataset) else None
-    if table is None:
+    if len(dataset) == 0:
         return []
-    return pc.list_value_length(table.column(column)).to_pylist()
+    return pc.list_value_length(dataset.with_format("arrow")[:].column(column)).to_pylist()
 
 
 class SeededLengthGroupedSampler(Sampler[int]):

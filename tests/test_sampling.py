@@ -1,4 +1,5 @@
-"""Length-grouped training batches (the default `--train_sampling_strategy group_by_length`)."""
+"""Training-speed defaults: length-grouped batches (`--train_sampling_strategy group_by_length`) and no per-step
+parameter count."""
 
 from __future__ import annotations
 
