@@ -12,11 +12,14 @@ A Hub error becomes one `PushError` line that says what failed and the command t
 `--hub_strategy` is honoured as in transformers: `end` pushes once at the end; `every_save` also pushes the adapter
 at every checkpoint; `checkpoint` also pushes the latest checkpoint's resumable state to `last-checkpoint/`;
 `all_checkpoints` pushes every checkpoint to its own folder. `training_args.bin` is never uploaded.
+
+Every upload, final or checkpoint, goes through `upload`: allow patterns (huggingface_hub's `filter_repo_objects`, as
+`upload_folder` applies them) pick the top-level files of a local folder, the secret check reads them, and one
+`create_commit` sends them.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
@@ -30,7 +33,15 @@ from transformers import HfArgumentParser, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import model_card
-from .arguments import RECIPE_EXTENSIONS, ArgumentError
+from .arguments import (
+    RECIPE_EXTENSIONS,
+    ArgumentError,
+    DataTrainingArguments,
+    ModelArguments,
+    PredictArguments,
+    PrefixArguments,
+    PrefixTrainingArguments,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -47,9 +58,11 @@ __all__ = [
     "push_run",
     "retry_command",
     "take_hub_settings",
+    "upload",
 ]
 
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+# the adapter, and with --prefix_scope all its encoder self-attention and cross-attention prefixes
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", model_card.SCOPE_WEIGHTS)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -64,9 +77,12 @@ TOKENIZER_FILES = (
 )
 RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json", "predict_results.json")
 CARD_FILES = (model_card.CARD_FILE, *model_card.PLOT_FILES)
+RUN_PATTERNS = ADAPTER_FILES + TOKENIZER_FILES + RESULT_FILES + CARD_FILES  # a finished run's published files
+CHECKPOINT_PATTERNS = ADAPTER_FILES + TOKENIZER_FILES  # a checkpoint's adapter, pushed to the repo's root
 # What `resume_from_checkpoint` needs besides the adapter; never training_args.bin (a pickle of the arguments).
 CHECKPOINT_STATE_PATTERNS = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
 SCRIPT = "run_prefix_tuning.py"
+TRAINING_ARGUMENTS = (ModelArguments, DataTrainingArguments, PrefixArguments, PredictArguments, PrefixTrainingArguments)
 
 
 class PushError(RuntimeError):
@@ -165,18 +181,17 @@ def take_hub_settings(training_args, model_args) -> HubSettings:
 
 
 # -------------------------------------------------------------------------------------------------- pushing
+def _select(folder: str | os.PathLike, patterns: tuple[str, ...]) -> list[str]:
+    """The top-level files of `folder` that the allow patterns match (never a subfolder: checkpoints stay out)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))) if os.path.isdir(folder) else []
+    return list(filter_repo_objects(names, allow_patterns=list(patterns)))
+
+
 def files_to_publish(output_dir: str | os.PathLike) -> list[str]:
     """The top-level files of a finished run that are published; never checkpoints, pickles or run records."""
-    allowed = ADAPTER_FILES + TOKENIZER_FILES + RESULT_FILES + CARD_FILES
-    return [name for name in allowed if os.path.isfile(os.path.join(output_dir, name))]
-
-
-def _checkpoint_files(checkpoint: str, with_state: bool) -> list[str]:
-    names = sorted(os.listdir(checkpoint)) if os.path.isdir(checkpoint) else []
-    allowed = [n for n in names if n in ADAPTER_FILES + TOKENIZER_FILES]
-    if with_state:
-        allowed += [n for n in names if any(fnmatch.fnmatch(n, p) for p in CHECKPOINT_STATE_PATTERNS)]
-    return allowed
+    return _select(output_dir, RUN_PATTERNS)
 
 
 def _refuse_secrets(paths: list[str], secrets: list[str | None]) -> None:
@@ -247,6 +262,26 @@ def _ensure_repo(api, settings: HubSettings) -> str:
     return settings.repo_id
 
 
+def upload(settings: HubSettings, parts: list[tuple[str, str, tuple[str, ...]]], message: str):
+    """The one upload path: for each `(local folder, folder in the repo, allow patterns)` of `parts`, the matching
+    top-level files, checked for the token, in one commit. Returns (number of files, CommitInfo), or (0, None) when
+    nothing matched. Raises PushError if a file holds the token, the Hub's errors otherwise."""
+    from huggingface_hub import CommitOperationAdd
+
+    files = [
+        (os.path.join(folder, name), f"{in_repo}/{name}" if in_repo else name)
+        for folder, in_repo, patterns in parts
+        for name in _select(folder, patterns)
+    ]
+    if not files:
+        return 0, None
+    _refuse_secrets([path for path, _ in files], [settings.token])
+    api = _get_api(settings)
+    repo_id = _ensure_repo(api, settings)
+    operations = [CommitOperationAdd(path_in_repo=in_repo, path_or_fileobj=path) for path, in_repo in files]
+    return len(files), api.create_commit(repo_id, operations, commit_message=message, revision=settings.revision)
+
+
 def _base_model_license(api, base: str | None) -> str | None:
     """The base model's licence from its Hub tags, where the Hub knows it (best effort)."""
     if not base or os.path.isabs(base) or os.path.isdir(base):
@@ -269,14 +304,13 @@ def push_run(settings: HubSettings) -> str:
     published one). Raises `PushError` (one line) on any Hub or network error; the local files are untouched
     apart from README.md.
     """
-    from huggingface_hub import CommitOperationAdd
     from huggingface_hub.errors import HTTPError
 
     out = settings.output_dir
     adapter_config = Path(out, "adapter_config.json")
     if not (adapter_config.is_file() and Path(out, ADAPTER_FILES[0]).is_file()):
         raise ArgumentError(
-            f"--output_dir {out} holds no adapter ({', '.join(ADAPTER_FILES)}): nothing to push. Point --output_dir "
+            f"--output_dir {out} holds no adapter ({', '.join(ADAPTER_FILES[:2])}): nothing to push. Point --output_dir "
             "at a finished training run."
         )
     if not Path(out, model_card.RUN_RECORD).is_file():
@@ -291,24 +325,15 @@ def push_run(settings: HubSettings) -> str:
     try:
         repo_id = _ensure_repo(api, settings)
         model_card.write_model_card(out, repo_id, settings.revision, _base_model_license(api, base))
-        names = files_to_publish(out)
-        paths = [os.path.join(out, name) for name in names]
-        _refuse_secrets(paths, [settings.token])
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=path) for name, path in zip(names, paths)]
         stage = "committing the files to"
-        info = api.create_commit(
-            repo_id,
-            operations,
-            commit_message="Prefix-tuned adapter, tokenizer and model card",
-            revision=settings.revision,
-        )
+        count, info = upload(settings, [(out, "", RUN_PATTERNS)], "Prefix-tuned adapter, tokenizer and model card")
     except (HTTPError, OSError) as err:
         raise PushError(
             f"pushing {out} to the Hub failed while {stage} {settings.repo_id or settings.model_id}: "
             f"{_describe_failure(err)}. The run is saved in {out}; retry the push alone with: "
             f"{retry_command(settings)}"
         ) from None
-    logger.info("Pushed %d files of %s to %s: %s", len(names), out, repo_id, info.commit_url)
+    logger.info("Pushed %d files of %s to %s: %s", count, out, repo_id, info.commit_url)
     return info.commit_url
 
 
@@ -321,31 +346,17 @@ class HubCheckpointCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        from huggingface_hub import CommitOperationAdd
         from huggingface_hub.errors import HTTPError
 
-        strategy = self.settings.strategy
         checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        uploads = [(name, name) for name in _checkpoint_files(checkpoint, with_state=False)]
-        if strategy == "checkpoint":
-            uploads += [(f"last-checkpoint/{n}", n) for n in _checkpoint_files(checkpoint, with_state=True)]
-        elif strategy == "all_checkpoints":
-            folder = os.path.basename(checkpoint)
-            uploads += [(f"{folder}/{n}", n) for n in _checkpoint_files(checkpoint, with_state=True)]
-        if not uploads:
-            return
-        paths = [os.path.join(checkpoint, local) for _, local in uploads]
+        parts = [(checkpoint, "", CHECKPOINT_PATTERNS)]
+        state_patterns = CHECKPOINT_PATTERNS + CHECKPOINT_STATE_PATTERNS
+        if self.settings.strategy == "checkpoint":
+            parts.append((checkpoint, "last-checkpoint", state_patterns))
+        elif self.settings.strategy == "all_checkpoints":
+            parts.append((checkpoint, os.path.basename(checkpoint), state_patterns))
         try:
-            _refuse_secrets(paths, [self.settings.token])
-            api = _get_api(self.settings)
-            repo_id = _ensure_repo(api, self.settings)
-            operations = [CommitOperationAdd(path_in_repo=r, path_or_fileobj=p) for (r, _), p in zip(uploads, paths)]
-            api.create_commit(
-                repo_id,
-                operations,
-                commit_message=f"Training in progress, step {state.global_step}",
-                revision=self.settings.revision,
-            )
+            upload(self.settings, parts, f"Training in progress, step {state.global_step}")
         except (HTTPError, OSError, PushError) as err:
             logger.warning(
                 "Pushing checkpoint %s to the Hub failed (%s); training goes on, and the push at the end tries again.",
@@ -382,6 +393,14 @@ def push_only(argv: list[str]) -> str:
         if not isinstance(recipe, dict):
             raise ArgumentError(f"Recipe {cli[0]} does not exist or is not a mapping of argument names to values.")
         known = {f.name for f in fields(PushOnlyArguments)}
+        # The training arguments' names (hub_strategy, learning_rate, ...) are ignored here; any other key, such as
+        # a misspelt hub_model_id, is an error, as it is for a training run.
+        training = {f.name for dtype in TRAINING_ARGUMENTS for f in fields(dtype)}
+        unknown = sorted(set(recipe) - known - training)
+        if unknown:
+            raise ArgumentError(
+                f"Recipe {cli[0]} has unknown key(s): {', '.join(unknown)}. See `python {SCRIPT} --help`."
+            )
         parser.set_defaults(**{key: value for key, value in recipe.items() if key in known})
         cli = cli[1:]
     (args, rest) = parser.parse_args_into_dataclasses(args=cli, return_remaining_strings=True)

@@ -6,7 +6,11 @@ At the end of a run (on world process zero) `save_run_card` writes, next to the 
   data and its split, the hyperparameters, the confusion matrix, the answer to an example sentence, versions;
 * `confusion_matrix.png` and `loss_curve.png` (matplotlib's Agg canvas: no GUI, no global backend change);
 * `README.md`: the card, rendered by `render_model_card` from those files, `all_results.json`,
-  `adapter_config.json` and the adapter file. `hub.push_run` renders it again with the repo id it pushes to.
+  `adapter_config.json` and the adapter file(s), through the Jinja template `templates/model_card.md` and
+  huggingface_hub's `ModelCard` / `ModelCardData` (the model-index through `EvalResult`). This module is the one
+  writer of the output folder's README.md; `hub.push_run` renders it again with the repo id it pushes to.
+
+Metrics and the confusion-matrix plot come from `metrics` (scikit-learn); nothing is counted here.
 
 Nothing here reads a pickle, and the record is built from redacted values only: it holds no token.
 """
@@ -22,8 +26,10 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .data import FINANCIAL_PHRASEBANK_CONFIGS, FINANCIAL_PHRASEBANK_REPO
+from .metrics import NO_LABEL, confusion_matrix, label_report, plot_confusion_matrix
 
 
 logger = logging.getLogger(__name__)
@@ -37,9 +43,7 @@ __all__ = [
     "redact_argv",
     "render_model_card",
     "save_run_card",
-    "scoring_snippet",
     "training_command",
-    "usage_snippet",
     "write_model_card",
     "write_plots",
 ]
@@ -50,9 +54,13 @@ CONFUSION_PNG = "confusion_matrix.png"
 LOSS_PNG = "loss_curve.png"
 PLOT_FILES = (CONFUSION_PNG, LOSS_PNG)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# --prefix_scope all: the encoder self-attention and cross-attention prefixes, and the adapter_config.json key that
+# says so (all_layer_prefix.WEIGHTS_NAME and ADAPTER_CONFIG_KEY; named here so that the card needs no torch model code).
+SCOPE_WEIGHTS = "all_layer_prefix.safetensors"
+SCOPE_KEY = "prefix_scope"
+TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
 EXAMPLE_SENTENCE = "Quarterly operating profit rose 40 percent from a year earlier ."
 EXAMPLE_MAX_NEW_TOKENS = 10
-NO_LABEL = "(no label)"
 TOKEN_FLAGS = ("--hub_token", "--token")
 REDACTED = "<redacted>"
 FINANCIAL_PHRASEBANK_LICENSE = "cc-by-nc-sa-3.0"
@@ -181,8 +189,6 @@ def build_run_record(
     hub_settings,
 ) -> dict:
     """Everything the model card needs from the run that no other output file holds. No token goes in."""
-    from .metrics import confusion_matrix
-
     args = trainer.args
     trainable, total = parameters
     record = {
@@ -196,6 +202,7 @@ def build_run_record(
             "prefix_projection": prefix_args.prefix_projection,
             "encoder_hidden_size": prefix_args.encoder_hidden_size,
             "init_weights": prefix_args.init_weights,
+            "prefix_scope": prefix_args.prefix_scope,
         },
         "parameters": {"trainable": trainable, "total": total},
         "data": _data_record(data_args, split_sizes, labels),
@@ -238,23 +245,10 @@ def write_plots(output_dir: str | os.PathLike, record: dict, log_history: list[d
     for name in PLOT_FILES:  # a plot this run has no data for must not survive from an earlier run
         Path(output_dir, name).unlink(missing_ok=True)
     written = []
-    evaluation = record.get("evaluation")
-    if evaluation is not None:
+    if record.get("evaluation") is not None:
         rows, columns, counts = _confusion_table(record)
-        fig = Figure(figsize=(1.3 * len(columns) + 2.2, 1.0 * len(rows) + 1.6), dpi=100)
-        ax = fig.subplots()
-        ax.imshow(counts, cmap="Blues", vmin=0)
-        ax.set_xticks(range(len(columns)), labels=columns, rotation=30, ha="right")
-        ax.set_yticks(range(len(rows)), labels=rows)
-        peak = max(max(row) for row in counts) or 1
-        for i, row in enumerate(counts):
-            for j, count in enumerate(row):
-                ax.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
-        ax.set_xlabel("answer")
-        ax.set_ylabel("gold label")
-        ax.set_title(f"Validation: {sum(map(sum, counts))} examples")
-        fig.tight_layout()
-        fig.savefig(os.path.join(output_dir, CONFUSION_PNG))
+        title = f"Validation: {sum(map(sum, counts))} examples"
+        plot_confusion_matrix(counts, rows, columns, os.path.join(output_dir, CONFUSION_PNG), title)
         written.append(CONFUSION_PNG)
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h and "step" in h]
@@ -285,66 +279,6 @@ def _confusion_table(record: dict) -> tuple[list[str], list[str], list[list[int]
 
 
 # ------------------------------------------------------------------------------------------------ the card
-def _py(value) -> str:
-    """A Python literal for a string or a list of strings, double-quoted as ruff formats it."""
-    return json.dumps(value, ensure_ascii=False)
-
-
-def usage_snippet(adapter: str, source_prefix: str = "", revision: str | None = None, answer=None) -> str:
-    """The plain peft snippet that loads this adapter (the README's, with this adapter's location)."""
-    rev = f", revision={_py(revision)}" if revision else ""
-    answer_comment = f"  # {answer!r}" if answer is not None else ""
-    return f"""```python
-import prefix_tuning_utils  # needed on transformers >= 5.24 (see below)
-from peft import PeftConfig, PeftModel
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-adapter = {_py(adapter)}
-config = PeftConfig.from_pretrained(adapter{rev})
-model = AutoModelForSeq2SeqLM.from_pretrained(config.base_model_name_or_path)
-model = PeftModel.from_pretrained(model, adapter{rev})
-tokenizer = AutoTokenizer.from_pretrained(adapter{rev})
-
-inputs = tokenizer([{_py(source_prefix + EXAMPLE_SENTENCE)}], return_tensors="pt")
-print(tokenizer.batch_decode(model.generate(**inputs, max_new_tokens={EXAMPLE_MAX_NEW_TOKENS}), skip_special_tokens=True)){answer_comment}
-```"""
-
-
-def scoring_snippet(adapter: str, record: dict, revision: str | None = None) -> str:
-    """Score a labelled file with this adapter and the package's own file reader and metrics."""
-    rev = f", revision={_py(revision)}" if revision else ""
-    data = record["data"]
-    texts = "data.texts[start : start + 64]"
-    if data["source_prefix"]:
-        texts = f"[{_py(data['source_prefix'])} + text for text in {texts}]"
-    max_new_tokens = record["hyperparameters"].get("generation_max_length") or EXAMPLE_MAX_NEW_TOKENS
-    return f"""```python
-import torch
-from peft import PeftConfig, PeftModel
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-import prefix_tuning_utils  # noqa: F401  (the generation fix)
-from prefix_tuning_utils.arguments import DataTrainingArguments
-from prefix_tuning_utils.data import read_data_file
-from prefix_tuning_utils.metrics import classification_metrics
-
-adapter, path, labels = {_py(adapter)}, "sentences.txt", {_py(data["labels"])}
-data = read_data_file(path, DataTrainingArguments(test_file=path), labels)  # `sentence@label` lines, .csv or .jsonl
-config = PeftConfig.from_pretrained(adapter{rev})
-model = AutoModelForSeq2SeqLM.from_pretrained(config.base_model_name_or_path)
-model = PeftModel.from_pretrained(model, adapter{rev}).eval()
-tokenizer = AutoTokenizer.from_pretrained(adapter{rev})
-answers = []
-for start in range(0, len(data), 64):
-    texts = {texts}
-    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length={data["max_source_length"]})
-    with torch.no_grad():
-        output = model.generate(**batch, max_new_tokens={max_new_tokens})
-    answers += tokenizer.batch_decode(output, skip_special_tokens=True)
-print(classification_metrics(answers, data.labels, labels))
-```"""
-
-
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
@@ -390,9 +324,8 @@ def _dataset_description(record: dict) -> tuple[str, str | None, str | None, str
     return f"local files: {files}", None, None, None
 
 
-def _front_matter(record, results, repo_name, base_model, dataset_id, dataset_config, license) -> str:
-    from huggingface_hub import EvalResult, ModelCardData
-
+def _card_data(record, results, model_name, base_model, dataset_id, dataset_config, license):
+    """The front matter: peft's metadata, and a model-index with the validation accuracy and macro-F1."""
     data = record["data"]
     tags = ["prefix-tuning", "peft", "text-classification", record["model_type"]]
     if data["financial_phrasebank_config"]:
@@ -400,44 +333,37 @@ def _front_matter(record, results, repo_name, base_model, dataset_id, dataset_co
     if base_model is not None:
         tags.append(f"base_model:adapter:{base_model}")
     eval_results = []
+    common = {
+        "task_type": "text-classification",
+        "task_name": "Text Classification",
+        "dataset_type": dataset_id or "local",
+        "dataset_name": dataset_id.split("/")[-1] if dataset_id else _local_dataset_name(record),
+        "dataset_config": dataset_config,
+        "dataset_split": "validation",
+    }
     if "eval_accuracy" in results:
-        dataset = {
-            "dataset_type": dataset_id or "local",
-            "dataset_name": dataset_id.split("/")[-1] if dataset_id else _local_dataset_name(record),
-            "dataset_config": dataset_config,
-            "dataset_split": "validation",
-        }
-        task = {"task_type": "text-classification", "task_name": "Text Classification"}
         eval_results.append(
-            EvalResult(
-                **task,
-                **dataset,
-                metric_type="accuracy",
-                metric_value=results["eval_accuracy"],
-                metric_name="Accuracy",
-            )
+            EvalResult(**common, metric_type="accuracy", metric_value=results["eval_accuracy"], metric_name="Accuracy")
         )
         if "eval_macro_f1" in results:
             eval_results.append(
                 EvalResult(
-                    **task,
-                    **dataset,
+                    **common,
                     metric_type="f1",
                     metric_value=results["eval_macro_f1"],
                     metric_name="Macro F1",
                     metric_args={"average": "macro"},
                 )
             )
-    card_data = ModelCardData(
+    return ModelCardData(
         library_name="peft",
         base_model=base_model,
         datasets=[dataset_id] if dataset_id else None,
         license=license,
         tags=tags,
-        model_name=repo_name,
+        model_name=model_name,
         eval_results=eval_results or None,
     )
-    return f"---\n{card_data.to_yaml()}\n---\n"
 
 
 def _local_dataset_name(record: dict) -> str:
@@ -446,189 +372,46 @@ def _local_dataset_name(record: dict) -> str:
     return os.path.basename(path)
 
 
-def _results_section(record: dict, results: dict) -> list[str]:
-    if "eval_accuracy" not in results:
-        return [
-            "## Results",
-            "",
-            "Not evaluated: the run had no `--do_eval --predict_with_generate`, so there is no validation score.",
-            "",
-        ]
-    lines = [
-        "## Results",
-        "",
-        f"On the {results.get('eval_samples', '?')} validation examples, the answer written by the model "
-        "(greedy `generate`) compared with the gold label word:",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        f"| accuracy | {results['eval_accuracy']:.4f} |",
-    ]
-    if "eval_macro_f1" in results:
-        lines.append(f"| macro-F1 | {results['eval_macro_f1']:.4f} |")
-    if "eval_invalid_rate" in results:
-        lines.append(f"| answers that are no label word | {100 * results['eval_invalid_rate']:.1f} % |")
-    if "eval_loss" in results:
-        lines.append(f"| validation loss (teacher-forced) | {results['eval_loss']:.4f} |")
-    if "predict_accuracy" in results:
-        lines.append(
-            f"| test accuracy ({results.get('predict_samples', '?')} examples) | {results['predict_accuracy']:.4f} |"
-        )
-    lines.append("")
-    if record.get("evaluation") is not None:
-        labels, counts = record["data"]["labels"], record["evaluation"]["confusion_matrix"]
-        lines += [
-            "Per label (from the confusion matrix below; an answer that is no label word counts against recall):",
-            "",
-            "| label | precision | recall | F1 | support |",
-            "|---|---|---|---|---|",
-        ]
-        for i, label in enumerate(labels):
-            tp, support = counts[i][i], sum(counts[i])
-            predicted = sum(row[i] for row in counts)
-            precision = tp / predicted if predicted else 0.0
-            recall = tp / support if support else 0.0
-            f1 = 2 * tp / (predicted + support) if predicted + support else 0.0
-            lines.append(f"| {label} | {precision:.3f} | {recall:.3f} | {f1:.3f} | {support} |")
-        lines += ["", f"![Confusion matrix on the validation split]({CONFUSION_PNG})", ""]
-    return lines
-
-
-def _intro(record: dict, results: dict, title: str, base_link: str, data_text: str, labels: str) -> list[str]:
-    lines = [
-        f"# {title}",
-        "",
-        f"A **prefix** for {base_link}, trained by prefix tuning (Li & Liang, 2021) with "
-        "[peft](https://github.com/huggingface/peft) and the `prefix-tuning` package: the base model stays frozen, "
-        f"and {record['prefix']['num_virtual_tokens']} trained key/value vectors in every decoder attention layer "
-        f"make it answer with a label word: {labels}.",
-        "",
-        f"Trained on {data_text}.",
-    ]
-    if "eval_accuracy" in results:
-        macro = f", macro-F1 **{results['eval_macro_f1']:.3f}**" if "eval_macro_f1" in results else ""
-        lines.append(
-            f"Validation accuracy **{results['eval_accuracy']:.3f}**{macro} "
-            f"({results.get('eval_samples', '?')} examples)."
-        )
-    return lines + [""]
-
-
-def _usage_section(record: dict, location: str, revision: str | None, base: str, base_on_hub: str | None) -> list[str]:
-    answer, source_prefix = record["example"]["answer"], record["data"]["source_prefix"]
-    answered = (
-        f"The comment shows what this adapter answered when the run ended ({record['hardware']['device']}, greedy "
-        "decoding). "
-        if answer is not None
-        else ""
-    )
-    lines = [
-        "## How to use",
-        "",
-        usage_snippet(location, source_prefix, revision, answer),
-        "",
-        answered + "The first line imports the `prefix-tuning` package: with transformers 5.24 and later (up to at "
-        "least peft 0.21.2), peft's `generate()` on a prefix-tuned model silently ignores the prefix and returns the "
-        "base model's answer; the import applies a small compatibility layer that fixes it (on transformers 5.23 "
-        "and earlier the snippet is right without it, except with `use_cache=False`).",
-        "",
-    ]
-    if source_prefix:
-        lines += [f"Inputs start with the prefix {source_prefix!r}, as in training.", ""]
-    if not base_on_hub:
-        lines += [f"The base model is the local folder `{base}`: the snippet works only where that folder exists.", ""]
-    return lines + [
-        "### Score a file",
-        "",
-        "With the package installed, this scores a labelled file with the package's own reader (`sentence@label` "
-        "lines as in Financial PhraseBank, or .csv/.json/.jsonl with `sentence` and `label` columns) and metrics:",
-        "",
-        scoring_snippet(location, record, revision),
-        "",
-    ]
-
-
-def _model_table(record: dict, adapter_config: dict, out: Path, base_link: str) -> list[str]:
-    prefix = record["prefix"]
-    trainable, total = record["parameters"]["trainable"], record["parameters"]["total"]
-    adapter_path = out / ADAPTER_WEIGHTS
-    stored, dtype = _adapter_values(adapter_path) if adapter_path.is_file() else (0, "?")
-    adapter_bytes = adapter_path.stat().st_size if adapter_path.is_file() else 0
-    revision = record["base_model_revision"]
-    projection = (
-        "yes (an MLP during training; only the resulting prefix is saved)" if prefix["prefix_projection"] else "no"
-    )
-    return [
-        "### What was trained",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| base model (frozen) | {base_link}" + (f", revision `{revision}`" if revision != "main" else "") + " |",
-        f"| method | prefix tuning (peft `PrefixTuningConfig`, task `{adapter_config.get('task_type')}`) |",
-        f"| virtual tokens | {prefix['num_virtual_tokens']} in each of {adapter_config.get('num_layers')} decoder "
-        f"layers, keys and values of width {adapter_config.get('token_dim')} |",
-        f"| prefix projection | {projection} |",
-        f"| prefix initialisation | {prefix['init_weights']} |",
-        f"| trainable parameters | {trainable:,} of {total:,} ({100 * trainable / total:.3f} %) |",
-        f"| adapter file | `{ADAPTER_WEIGHTS}`: {stored:,} {dtype} values, {_size(adapter_bytes)} |",
-        "",
-    ]
-
-
-def _data_section(record: dict, data_text: str, labels: str) -> list[str]:
-    data = record["data"]
-    lines = ["### Data", "", f"{data_text}; labels {labels}.", "", "| split | examples |", "|---|---|"]
-    lines += [f"| {split} | {count:,} |" for split, count in data["sizes"].items()]
-    lines.append("")
-    if data["held_out_percentage"] is not None:
-        lines += [
-            f"The validation split is {data['held_out_percentage']:g} % of the training data, held out stratified "
-            f"by label with seed {data['split_seed']} (`--validation_split_percentage`, `--split_seed`).",
-            "",
-        ]
-    return lines + [
-        f"Inputs are truncated to {data['max_source_length']} tokens, targets (label words) to "
-        f"{data['max_target_length']}; batches are padded to their longest example.",
-        "",
-    ]
-
-
-def _run_section(record: dict) -> list[str]:
-    lines = ["### Hyperparameters", "", "| | |", "|---|---|"]
-    for key, value in record["hyperparameters"].items():
-        if value is not None and not (key == "max_steps" and value <= 0):
-            lines.append(f"| {key} | {value} |")
-    hardware, training = record["hardware"], record["training"]
-    gpus = f", {hardware['n_gpu']} GPU(s)" if hardware["n_gpu"] else ""
-    lines += [
-        f"| steps done | {training['global_step']} ({training['epoch'] or 0:g} epochs) |",
-        f"| hardware | {hardware['world_size']} process(es), {hardware['device']}{gpus} |",
-        "",
-        "### Reproduce",
-        "",
-        "From a checkout of the `prefix-tuning` package (tokens are redacted):",
-        "",
-        "```bash",
-        training_command(record),
-        "```",
-        "",
-        "### Framework versions",
-        "",
-    ]
-    return lines + [f"- {name} {version}" for name, version in record["versions"].items()] + [""]
-
-
-def _licence_section(license: str | None, from_data: bool) -> list[str]:
+def _licence_text(license: str | None, from_data: bool) -> str | None:
     if not license:
-        return []
+        return None
     if from_data:
-        text = (
+        return (
             f"`{license}`, the licence of the training data (Financial PhraseBank v1.0: CC BY-NC-SA 3.0, "
             "non-commercial use, with attribution, share-alike); check the base model's licence too."
         )
-    else:
-        text = f"`{license}`, the licence of the base model."
-    return ["## Licence", "", text, ""]
+    return f"`{license}`, the licence of the base model."
+
+
+def _py(value) -> str:
+    """A Python literal for a string or a list of strings, double-quoted as ruff formats it."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _snippet_literals(record: dict, location: str, revision: str | None) -> dict[str, str]:
+    """The Python literals the template's snippets are made of."""
+    data = record["data"]
+    texts = "data.texts[start : start + 64]"
+    if data["source_prefix"]:
+        texts = f"[{_py(data['source_prefix'])} + text for text in {texts}]"
+    return {
+        "adapter": _py(location),
+        "revision": f", revision={_py(revision)}" if revision else "",
+        "example": _py(data["source_prefix"] + EXAMPLE_SENTENCE),
+        "labels": _py(data["labels"]),
+        "texts": texts,
+    }
+
+
+def _adapter_files(out: Path, names: tuple[str, ...]) -> list[dict]:
+    """Values, dtype and size of each adapter weights file present."""
+    files = []
+    for name in names:
+        path = out / name
+        values, dtype = _adapter_values(path) if path.is_file() else (0, "?")
+        size = _size(path.stat().st_size if path.is_file() else 0)
+        files.append({"name": name, "count": values, "dtype": dtype, "size": size})
+    return files
 
 
 def render_model_card(
@@ -636,12 +419,13 @@ def render_model_card(
     repo_id: str | None = None,
     revision: str | None = None,
     license: str | None = None,
-) -> str:
-    """The model card (README.md) of the finished run in `output_dir`.
+) -> ModelCard:
+    """The model card (README.md) of the finished run in `output_dir`, rendered from `templates/model_card.md`.
 
     `repo_id`: where the adapter is published (the snippets load it from there); without it, the Hub id the run
     was going to push to, else the local folder. `license`: the base model's licence if known; a licence of the
-    training data that binds the adapter (Financial PhraseBank's CC BY-NC-SA 3.0) takes precedence.
+    training data that binds the adapter (Financial PhraseBank's CC BY-NC-SA 3.0) takes precedence. The prefix
+    scope is read from `adapter_config.json` (`"prefix_scope": "all"`), else from the run record.
     """
     out = Path(output_dir)
     record = _read_json(out / RUN_RECORD)
@@ -649,34 +433,60 @@ def render_model_card(
         raise FileNotFoundError(f"{out / RUN_RECORD} is missing: it is written at the end of a training run.")
     results = _read_json(out / "all_results.json")
     adapter_config = _read_json(out / "adapter_config.json")
+    scope = adapter_config.get(SCOPE_KEY) or record["prefix"].get("prefix_scope") or "decoder"
     revision = revision if repo_id else (revision or record["hub"]["revision"])
     location = repo_id or record["hub"]["model_id"] or record["output_dir"]
     title = location.rstrip("/").split("/")[-1]
     base = adapter_config.get("base_model_name_or_path") or record["base_model"]
     base_on_hub = None if _is_local(base) else base
-    base_link = f"[`{base}`]({HUB_URL}/{base})" if base_on_hub else f"`{base}` (a local folder)"
     data_text, dataset_id, dataset_config, data_license = _dataset_description(record)
-    labels = ", ".join(f"`{label}`" for label in record["data"]["labels"])
-
-    lines = _intro(record, results, title, base_link, data_text, labels) + _results_section(record, results)
-    if (out / LOSS_PNG).is_file():
-        lines += [f"![Training and validation loss]({LOSS_PNG})", ""]
-    lines += _usage_section(record, location, revision, base, base_on_hub)
-    lines += ["## Training", ""] + _model_table(record, adapter_config, out, base_link)
-    lines += _data_section(record, data_text, labels) + _run_section(record)
-    lines += _licence_section(data_license or license, from_data=data_license is not None)
+    license = data_license or license
     model_name = location if location != record["output_dir"] else title  # a Hub id, or the run folder's name
-    front = _front_matter(
-        record, results, model_name, base_on_hub, dataset_id, dataset_config, data_license or license
+    evaluation, answer = record.get("evaluation"), record["example"]["answer"]
+    hyperparameters = [
+        (key, value)
+        for key, value in record["hyperparameters"].items()
+        if value is not None and not (key == "max_steps" and value <= 0)
+    ]
+    return ModelCard.from_template(
+        _card_data(record, results, model_name, base_on_hub, dataset_id, dataset_config, license),
+        template_path=TEMPLATE,
+        title=title,
+        base=base,
+        base_on_hub=base_on_hub,
+        base_link=f"[`{base}`]({HUB_URL}/{base})" if base_on_hub else f"`{base}` (a local folder)",
+        data_text=data_text,
+        label_list=", ".join(f"`{label}`" for label in record["data"]["labels"]),
+        record=record,
+        prefix=record["prefix"],
+        parameters=record["parameters"],
+        data=record["data"],
+        results=results,
+        adapter_config=adapter_config,
+        scope_all=scope == "all",
+        scope_weights=SCOPE_WEIGHTS,
+        per_label=label_report(evaluation["confusion_matrix"], record["data"]["labels"]) if evaluation else None,
+        confusion_png=CONFUSION_PNG,
+        loss_png=LOSS_PNG if (out / LOSS_PNG).is_file() else None,
+        py=_snippet_literals(record, location, revision),
+        answer=repr(answer) if answer is not None else None,
+        example_max_new_tokens=EXAMPLE_MAX_NEW_TOKENS,
+        max_new_tokens=record["hyperparameters"].get("generation_max_length") or EXAMPLE_MAX_NEW_TOKENS,
+        source_prefix=record["data"]["source_prefix"],
+        source_prefix_repr=repr(record["data"]["source_prefix"]),
+        adapter_files=_adapter_files(out, (ADAPTER_WEIGHTS, SCOPE_WEIGHTS) if scope == "all" else (ADAPTER_WEIGHTS,)),
+        hyperparameters=hyperparameters,
+        command=training_command(record),
+        licence_text=_licence_text(license, from_data=data_license is not None),
     )
-    return front + "\n" + "\n".join(lines)
 
 
 def write_model_card(
     output_dir: str | os.PathLike, repo_id: str | None = None, revision: str | None = None, license: str | None = None
 ) -> Path:
+    """Render the card and save it as `output_dir/README.md`, the one writer of that file."""
     path = Path(output_dir, CARD_FILE)
-    path.write_text(render_model_card(output_dir, repo_id, revision, license), encoding="utf-8")
+    render_model_card(output_dir, repo_id, revision, license).save(path)
     return path
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from .arguments import ArgumentError, DataTrainingArguments, ModelArguments, PredictArguments
 from .data import LabelledData
-from .metrics import confusion_metrics, normalise_answer
+from .metrics import confusion_metrics, normalise_answer, plot_confusion_matrix
 from .scoring import LabelScorer
 
 
@@ -498,29 +498,10 @@ def _finish(output_dir: str, labels: list[str], mode: str, write_csv: bool) -> d
 
 def save_confusion_matrix(confusion: dict[str, dict[str, int]], path: str) -> None:
     """A PNG of the confusion matrix: gold labels as rows, predictions as columns, counts in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    gold = list(confusion)
-    predicted = list(next(iter(confusion.values())))
-    counts = np.array([[confusion[g][p] for p in predicted] for g in gold])
-    figure, axes = plt.subplots(figsize=(1.3 * len(predicted) + 2.5, 1.1 * len(gold) + 1.8))
-    image = axes.imshow(counts, cmap="Blues")
-    axes.set_xticks(range(len(predicted)), predicted, rotation=30, ha="right")
-    axes.set_yticks(range(len(gold)), gold)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("gold")
-    for i, j in np.ndindex(counts.shape):
-        dark = counts[i, j] > counts.max() / 2
-        axes.text(j, i, str(counts[i, j]), ha="center", va="center", color="white" if dark else "black")
-    figure.colorbar(image, ax=axes)
-    axes.set_title(f"Confusion matrix ({counts.sum()} labelled rows)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    gold, predicted = list(confusion), list(next(iter(confusion.values())))
+    counts = [[confusion[g][p] for p in predicted] for g in gold]
+    title = f"Confusion matrix ({sum(map(sum, counts))} labelled rows)"
+    plot_confusion_matrix(counts, gold, predicted, path, title)
 
 
 def predict(

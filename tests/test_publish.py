@@ -411,3 +411,53 @@ def test_package_never_unpickles():
                 if not safe:
                     offences.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
     assert offences == []
+
+
+@pytest.mark.parametrize("push_only", [False, True], ids=["training", "push_only"])
+def test_misspelt_hub_key_in_a_recipe_is_refused(tmp_path, push_only):
+    recipe = tmp_path / "recipe.yaml"
+    settings = {"output_dir": str(tmp_path / "run"), "hub_model_idd": "me/x", "hub_strategy": "end"}
+    recipe.write_text(yaml.safe_dump(settings | ({} if push_only else {"do_train": True})))
+    argv = [str(recipe), "--push_only"] if push_only else [str(recipe)]
+    with pytest.raises(ArgumentError, match=re.escape(f"Recipe {recipe} has unknown key(s): hub_model_idd.")):
+        run_prefix_tuning.main(argv)
+    # Spelt right, the hub keys of a training recipe (even those --push_only does not use) are accepted.
+    settings["hub_model_id"] = settings.pop("hub_model_idd")
+    recipe.write_text(yaml.safe_dump(settings))
+    with pytest.raises(ArgumentError, match="holds no adapter"):
+        run_prefix_tuning.main([str(recipe), "--push_only"])
+
+
+def test_no_file_holding_the_token_is_uploaded_final_or_checkpoint(fake, published, tmp_path, caplog):
+    """The secret check runs before every upload: the final push refuses with one line, a checkpoint push warns;
+    nothing reaches the Hub in either case."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(published.out, out)
+    token = f"hf_test_{secrets.token_hex(8)}"
+    repo = "fake-user/leaky"
+    settings = hub_module.HubSettings(push_to_hub=True, model_id=repo, token=token, output_dir=str(out))
+    config = out / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("{", f'{{"leaked": "{token}", ', 1))
+    with pytest.raises(hub_module.PushError, match=r"refusing to upload .*tokenizer_config.json: it contains the Hub"):
+        hub_module.push_run(settings)
+
+    settings.strategy = "checkpoint"
+    checkpoint = next(out.glob("checkpoint-*"))
+    state = checkpoint / "trainer_state.json"
+    state.write_text(state.read_text().replace("{", f'{{"leaked": "{token}", ', 1))
+    step = int(checkpoint.name.split("-")[1])
+    callback = hub_module.HubCheckpointCallback(settings)
+    with caplog.at_level("WARNING", logger="prefix_tuning_utils.hub"):
+        callback.on_save(SimpleNamespace(output_dir=str(out)), SimpleNamespace(is_world_process_zero=True,
+                         global_step=step), None)  # fmt: skip
+    assert "trainer_state.json: it contains the Hub token" in caplog.text
+    assert fake.files(repo) == {} and token.encode() not in fake.all_uploaded_bytes()
+
+    # Without the token, the same checkpoint push goes through: the adapter at the root, the state in last-checkpoint.
+    state.write_text(state.read_text().replace(f'"leaked": "{token}", ', "", 1))
+    callback.on_save(SimpleNamespace(output_dir=str(out)), SimpleNamespace(is_world_process_zero=True,
+                     global_step=step), None)  # fmt: skip
+    assert {"adapter_model.safetensors", "last-checkpoint/trainer_state.json"} <= set(fake.files(repo))
+    assert not any(name.endswith(".bin") for name in fake.files(repo))

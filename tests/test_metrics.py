@@ -1,0 +1,104 @@
+"""prefix_tuning_utils/metrics.py: the scikit-learn metrics give exactly the figures of the hand-written counting
+they replaced (kept below as the reference), and the confusion-matrix PNG is drawn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prefix_tuning_utils import metrics
+from prefix_tuning_utils.predict import save_confusion_matrix
+
+
+LABELS = ["positive", "negative", "neutral"]
+
+
+# The hand-written metrics that metrics.py held before it used scikit-learn (the reference, not the code tested).
+def _reference_metrics(predictions, references, labels):
+    norm = {metrics.normalise_answer(label): label for label in labels}
+    confusion = {}
+    for prediction, reference in zip(predictions, references):
+        gold = norm.get(metrics.normalise_answer(reference), reference)
+        answer = norm.get(metrics.normalise_answer(prediction))
+        row = confusion.setdefault(gold, {})
+        row[answer] = row.get(answer, 0) + 1
+    total = sum(sum(row.values()) for row in confusion.values())
+    correct = sum(confusion.get(label, {}).get(label, 0) for label in labels)
+    invalid = sum(row.get(None, 0) for row in confusion.values())
+    out = {"accuracy": correct / total if total else 0.0, "invalid_rate": invalid / total if total else 0.0}
+    f1s = []
+    for label in labels:
+        tp = confusion.get(label, {}).get(label, 0)
+        fp = sum(row.get(label, 0) for gold, row in confusion.items() if gold != label)
+        fn = sum(confusion.get(label, {}).values()) - tp
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        out[f"f1_{label}"] = f1
+        f1s.append(f1)
+    out["macro_f1"] = float(np.mean(f1s))
+    out["samples"] = total
+    return out, confusion
+
+
+CASES = {
+    # `neutral` is never answered: its F1 is 0 and it counts in the macro average.
+    "label never predicted": (
+        ["positive", "negative", "positive", "negative", "positive"],
+        ["positive", "negative", "neutral", "neutral", "negative"],
+    ),
+    # generate mode: answers that are no label word (and casing/spacing variants that are).
+    "invalid answers": (
+        ["Positive ", "the stock", "", "negative", "neutral", "NEUTRAL", "maybe"],
+        ["positive", "positive", "negative", "negative", "neutral", "negative", "neutral"],
+    ),
+    # a label with no gold example and no answer at all, every answer invalid.
+    "all invalid": (["?", "??"], ["positive", "negative"]),
+    "gold value that is no label word": (["positive", "neutral", "x"], ["positive", "mixed", "mixed"]),
+    "perfect": (LABELS * 3, LABELS * 3),
+    "empty": ([], []),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_metrics_equal_the_hand_written_ones(case):
+    predictions, references = CASES[case]
+    expected, confusion = _reference_metrics(predictions, references, LABELS)
+    got = metrics.classification_metrics(predictions, references, LABELS)
+    assert got == expected and list(got) == list(expected)  # same values, same keys in the same order
+    assert all(type(value) in (float, int) for value in got.values())  # plain JSON numbers, no numpy scalars
+    # the streaming form batch prediction uses (counts, not answers) gives the same figures
+    assert metrics.confusion_metrics(confusion, LABELS) == expected
+
+
+def test_hand_computed_figures():
+    got = metrics.classification_metrics(*CASES["invalid answers"], LABELS)
+    # positive: tp 1, fn 1 (invalid), fp 0 -> 2/3; negative: tp 1, fn 2, fp 0 -> 2/4; neutral: tp 1, fn 1, fp 1 -> 2/4
+    assert got["accuracy"] == pytest.approx(3 / 7) and got["invalid_rate"] == pytest.approx(3 / 7)
+    assert (got["f1_positive"], got["f1_negative"], got["f1_neutral"]) == pytest.approx((2 / 3, 0.5, 0.5))
+    assert got["macro_f1"] == pytest.approx((2 / 3 + 0.5 + 0.5) / 3) and got["samples"] == 7
+    never = metrics.classification_metrics(*CASES["label never predicted"], LABELS)
+    assert never["f1_neutral"] == 0.0 and never["accuracy"] == pytest.approx(2 / 5)
+
+
+def test_confusion_matrix_and_per_label_report():
+    predictions, references = CASES["invalid answers"]
+    counts = metrics.confusion_matrix(predictions, references, LABELS)
+    assert counts == [[1, 0, 0, 1], [0, 1, 1, 1], [0, 0, 1, 1]]  # last column: no label word
+    assert metrics.confusion_matrix(*CASES["gold value that is no label word"], LABELS)[0] == [1, 0, 0, 0]
+    report = {row["label"]: row for row in metrics.label_report(counts, LABELS)}
+    assert report["neutral"]["precision"] == pytest.approx(1 / 2)  # one right, one `negative` example answered it
+    assert report["negative"]["recall"] == pytest.approx(1 / 3) and report["negative"]["support"] == 3
+    assert report["positive"]["f1"] == pytest.approx(2 / 3)  # the invalid answer counts against recall
+    never = metrics.label_report(metrics.confusion_matrix(*CASES["label never predicted"], LABELS), LABELS)
+    assert never[2] == {"label": "neutral", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
+
+
+def test_confusion_matrix_png(tmp_path):
+    confusion = {"positive": {"positive": 5, "negative": 1, metrics.NO_LABEL: 2}, "negative": {"positive": 0,
+                 "negative": 7, metrics.NO_LABEL: 0}}  # fmt: skip
+    path = tmp_path / "cm.png"
+    save_confusion_matrix(confusion, str(path))
+    from matplotlib.image import imread
+
+    image = imread(path)
+    assert image.shape[:2] == (400, 640)  # 100 dpi: 1.1 in per gold row, 1.3 in per column
+    assert (image[..., :3] < 0.5).any()  # something dark was drawn (the 7 cell)
