@@ -34,8 +34,8 @@ from transformers import (
 )
 from transformers.models.t5 import modeling_t5
 
-import run_prefix_tuning
 from prefix_tuning_utils import all_layer_prefix
+from prefix_tuning_utils import cli as run_prefix_tuning
 from prefix_tuning_utils.all_layer_prefix import WEIGHTS_NAME, attach, get_all_layer_prefix
 from prefix_tuning_utils.arguments import ArgumentError, PrefixArguments
 from tests.conftest import REPO
