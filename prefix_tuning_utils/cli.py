@@ -4,6 +4,11 @@
     prefix-tuning recipes/quickstart.yaml --num_train_epochs 2   # flags override the recipe
     prefix-tuning --help
 
+Only the prefix (a few virtual key/value vectors per attention layer) is trained; the adapter written to
+--output_dir loads with plain `PeftModel.from_pretrained` (with --prefix_scope all: after `import prefix_tuning_utils`).
+With --push_to_hub it is published with a model card; `prefix-tuning --push_only --output_dir DIR --hub_model_id ID`
+publishes a finished run again.
+
 `main()` reads as the phases of a transformers example: resolve and check the arguments (all of it in
 `resolve_and_validate`, before any weight is loaded or file written), then the output folder, the model,
 tokenisation, the trainer, train / evaluate / predict, the model card and the push.
