@@ -13,7 +13,6 @@ both learning curves with `-s`:
 from __future__ import annotations
 
 import json
-import sys
 import time
 import warnings
 
@@ -275,8 +274,7 @@ def test_plain_peft_loads_only_the_decoder_prefix_and_warns(tmp_path):
 
 
 def test_adapter_on_the_hub_restores_every_prefix(tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "tests"))
-    from fake_hub import FakeHub
+    from tests.fake_hub import FakeHub
 
     _, full = scope_pair()
     set_added_prefixes(full)
