@@ -23,10 +23,9 @@ from pathlib import Path
 
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_train import run_process  # noqa: E402
-from benchmarks.common import (  # noqa: E402
+from bench_train import run_process  # noqa: E402
+from common import (  # noqa: E402
     LABELS,
     default_phrasebank,
     default_tokenizer_file,

@@ -51,7 +51,6 @@ def _reset_peak_rss() -> bool:
 
 
 def child(args) -> dict:
-    sys.path.insert(0, str(REPO))
     import torch
     from peft import PrefixTuningConfig, TaskType, get_peft_model
     from transformers import T5Config, T5ForConditionalGeneration

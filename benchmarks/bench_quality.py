@@ -27,9 +27,8 @@ import yaml
 
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from benchmarks.common import machine_line, write_readme_block  # noqa: E402
+from common import machine_line, write_readme_block  # noqa: E402
 
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -20,12 +21,23 @@ __all__ = [
     "PrefixTrainingArguments",
     "PredictArguments",
     "ArgumentError",
+    "build_parser",
     "parse_args",
     "DATA_EXTENSIONS",
+    "DATA_SOURCE_FLAGS",
+    "DATA_SOURCE_KEYS",
 ]
 
 DATA_EXTENSIONS = (".txt", ".csv", ".json", ".jsonl")
 RECIPE_EXTENSIONS = (".yaml", ".yml", ".json")
+# Where the training data comes from. A recipe's source is replaced as a whole when the command line names a source:
+# giving any of DATA_SOURCE_FLAGS drops every one of the recipe's DATA_SOURCE_KEYS (the other data keys still apply).
+DATA_SOURCE_FLAGS = ("dataset_name", "train_file", "validation_file")
+DATA_SOURCE_KEYS = ("dataset_name", "dataset_config_name", "dataset_revision", "train_file", "validation_file")
+DEBUG_HELP = (
+    "A bare --debug (no value) shows the full traceback of an error instead of its one-line message. With a value, "
+    "the Trainer's debug features: "
+)
 PUSH_ONLY_USAGE = (
     "To publish a finished run again without training (e.g. after a failed push): python run_prefix_tuning.py "
     "--push_only --output_dir DIR [--hub_model_id ID] [--hub_token TOKEN] [--hub_revision BRANCH] "
@@ -427,22 +439,65 @@ def _recipe_defaults(parser: HfArgumentParser, path: str) -> dict:
     return config
 
 
-def parse_args(
-    argv: list[str] | None = None,
-) -> tuple[ModelArguments, DataTrainingArguments, PrefixArguments, PredictArguments, PrefixTrainingArguments]:
-    """Parse a recipe file (optional, first argument) and command-line flags; flags override the recipe."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = HfArgumentParser(
+class _Parser(HfArgumentParser):
+    """HfArgumentParser whose errors are one line (an ArgumentError) instead of the full usage text."""
+
+    def error(self, message: str):
+        raise ArgumentError(f"{message}; see --help.")
+
+
+def build_parser() -> HfArgumentParser:
+    """The parser of every argument: no abbreviations (`--num_virtual_token` is not `--num_virtual_tokens`)."""
+    parser = _Parser(
         (ModelArguments, DataTrainingArguments, PrefixArguments, PredictArguments, PrefixTrainingArguments),
         epilog=PUSH_ONLY_USAGE,
+        allow_abbrev=False,
     )
+    debug = parser._option_string_actions["--debug"]
+    debug.help = DEBUG_HELP + (debug.help or "")
     if not torch.accelerator.is_available():
         # No GPU: train on CPU explicitly. Without it `--bf16` is refused, and processes started by
         # `accelerate launch` (torchrun) do not join a gloo process group: each would train alone on all the data.
         parser.set_defaults(use_cpu=True)
+    return parser
+
+
+def _flags_given(parser: HfArgumentParser, cli: list[str]) -> set[str]:
+    """The argument names (dests) of the flags written on the command line."""
+    actions = parser._option_string_actions
+    return {actions[arg.split("=", 1)[0]].dest for arg in cli if arg.split("=", 1)[0] in actions}
+
+
+def _refuse_unknown(parser: HfArgumentParser, cli: list[str]) -> None:
+    """An unknown flag is named with the nearest known one; any other left-over word is named as it is."""
+    _, rest = parser.parse_known_args(cli)
+    for arg in rest:
+        if arg.startswith("-"):
+            flag = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, parser._option_string_actions, n=1)
+            hint = f"did you mean {parser._option_string_actions[close[0]].option_strings[0]}?" if close else "see --help."
+            raise ArgumentError(f"unknown flag {flag}; {hint}")
+    if rest:
+        raise ArgumentError(
+            f"unexpected argument(s): {' '.join(rest)}. Values follow their flag; a recipe (.yaml/.json) comes first."
+        )
+
+
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, DataTrainingArguments, PrefixArguments, PredictArguments, PrefixTrainingArguments]:
+    """Parse a recipe file (optional, first argument) and command-line flags; flags override the recipe.
+
+    A data source on the command line (--dataset_name, --train_file or --validation_file) replaces the recipe's data
+    source as a whole (DATA_SOURCE_KEYS), so that a recipe's Hub dataset is never mixed with the user's files.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
     if argv and not argv[0].startswith("-") and argv[0].lower().endswith(RECIPE_EXTENSIONS):
         recipe = _recipe_defaults(parser, argv[0])
         cli = argv[1:]
+        if _flags_given(parser, cli) & set(DATA_SOURCE_FLAGS):
+            recipe = {key: value for key, value in recipe.items() if key not in DATA_SOURCE_KEYS}
         # A recipe value becomes the default of its flag, so any flag given on the command line wins.
         parser.set_defaults(**recipe)
         for action in parser._actions:
@@ -450,11 +505,12 @@ def parse_args(
                 action.required = False
     else:
         cli = argv
+    _refuse_unknown(parser, cli)
     try:
         model_args, data_args, prefix_args, predict_args, training_args = parser.parse_args_into_dataclasses(args=cli)
     except ArgumentError:
         raise
-    except ValueError as err:  # transformers' own checks, e.g. unknown flags or conflicting training arguments
+    except ValueError as err:  # transformers' own checks, e.g. conflicting training arguments
         raise ArgumentError(" ".join(str(err).split())) from None
     if not training_args.learning_rate_given:
         training_args.learning_rate = DEFAULT_LEARNING_RATES[prefix_args.tuning_method]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 import prefix_tuning_utils  # noqa: E402,F401  (applies the generation compatibility layer)
 

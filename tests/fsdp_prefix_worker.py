@@ -25,12 +25,9 @@ from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 from transformers import T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5Block
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from prefix_tuning_utils.arguments import PrefixArguments  # noqa: E402
-from prefix_tuning_utils.modeling import build_model, build_peft_config  # noqa: E402
-from prefix_tuning_utils.trainer import whole_prefix_for_saving  # noqa: E402
+from prefix_tuning_utils.arguments import PrefixArguments
+from prefix_tuning_utils.modeling import build_model, build_peft_config
+from prefix_tuning_utils.trainer import whole_prefix_for_saving
 
 
 def full_encoder_state(peft_model, wrapped, kind: str) -> dict[str, torch.Tensor]:

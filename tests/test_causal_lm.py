@@ -9,7 +9,7 @@ import torch
 from peft import PrefixTuningConfig, TaskType, get_peft_model
 from transformers import LlamaForCausalLM
 
-import run_prefix_tuning
+from prefix_tuning_utils import cli as run_prefix_tuning
 from tests.conftest import REPO, tiny_llama_config
 
 

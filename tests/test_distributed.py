@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import Seq2SeqTrainer, T5ForConditionalGeneration
 
-import run_prefix_tuning
+from prefix_tuning_utils import cli as run_prefix_tuning
 from prefix_tuning_utils.accelerate_config import find_placeholders, load_accelerate_config
 from prefix_tuning_utils.arguments import ArgumentError, DataTrainingArguments
 from prefix_tuning_utils.data import get_datasets

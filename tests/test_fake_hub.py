@@ -2,22 +2,18 @@
 
 import json
 import os
-import sys
 from pathlib import Path
 
+import huggingface_hub
 import pytest
-
-
-sys.path.insert(0, os.path.dirname(__file__))
-
-import huggingface_hub  # noqa: E402
-from fake_hub import FakeHub  # noqa: E402
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download  # noqa: E402
-from huggingface_hub.errors import (  # noqa: E402
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
     RepositoryNotFoundError,
 )
+
+from tests.fake_hub import FakeHub
 
 
 TOKEN = "hf_test_x"

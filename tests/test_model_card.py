@@ -13,8 +13,7 @@ import torch
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
-import run_prefix_tuning
-from prefix_tuning_utils import model_card
+from prefix_tuning_utils import cli, model_card
 from prefix_tuning_utils.all_layer_prefix import ADAPTER_CONFIG_KEY, WEIGHTS_NAME, get_all_layer_prefix
 from tests.conftest import REPO
 
@@ -26,7 +25,7 @@ def all_scope_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)
         torch.set_num_threads(1)
-        trainer = run_prefix_tuning.main(
+        trainer = cli.main(
             ["recipes/quickstart.yaml", "--output_dir", str(out), "--prefix_scope", "all", "--max_steps", "4",
              "--eval_strategy", "no"]
         )  # fmt: skip

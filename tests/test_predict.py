@@ -22,7 +22,7 @@ import torch
 from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 from transformers import AutoTokenizer, T5ForConditionalGeneration
 
-import run_prefix_tuning
+from prefix_tuning_utils import cli as run_prefix_tuning
 from prefix_tuning_utils.arguments import ArgumentError, DataTrainingArguments
 from prefix_tuning_utils.metrics import classification_metrics, confusion_metrics
 from prefix_tuning_utils.modeling import TASK_SETTINGS_FILE

@@ -13,7 +13,6 @@ both learning curves with `-s`:
 from __future__ import annotations
 
 import json
-import sys
 import time
 import warnings
 
@@ -34,8 +33,8 @@ from transformers import (
 )
 from transformers.models.t5 import modeling_t5
 
-import run_prefix_tuning
 from prefix_tuning_utils import all_layer_prefix
+from prefix_tuning_utils import cli as run_prefix_tuning
 from prefix_tuning_utils.all_layer_prefix import WEIGHTS_NAME, attach, get_all_layer_prefix
 from prefix_tuning_utils.arguments import ArgumentError, PrefixArguments
 from tests.conftest import REPO
@@ -275,8 +274,7 @@ def test_plain_peft_loads_only_the_decoder_prefix_and_warns(tmp_path):
 
 
 def test_adapter_on_the_hub_restores_every_prefix(tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "tests"))
-    from fake_hub import FakeHub
+    from tests.fake_hub import FakeHub
 
     _, full = scope_pair()
     set_added_prefixes(full)

@@ -22,7 +22,7 @@ from huggingface_hub import HfApi
 from peft import PeftConfig, PeftModel
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-import run_prefix_tuning
+from prefix_tuning_utils import cli as run_prefix_tuning
 from prefix_tuning_utils import hub as hub_module
 from prefix_tuning_utils.arguments import ArgumentError, parse_args
 from tests.conftest import REPO

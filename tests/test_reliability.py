@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import run_prefix_tuning
+from prefix_tuning_utils import cli as run_prefix_tuning
 from tests.conftest import REPO
 
 

@@ -1,4 +1,4 @@
-"""End-to-end runs of `run_prefix_tuning.main()` in-process, on tiny models (seconds each)."""
+"""End-to-end runs of `prefix_tuning_utils.cli.main()` in-process, on tiny models (seconds each)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import torch
 from peft import PeftConfig, PeftModel
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-import run_prefix_tuning
+from prefix_tuning_utils import cli
 from prefix_tuning_utils.arguments import DataTrainingArguments, ModelArguments, PredictArguments, PrefixArguments
 from tests.conftest import REPO
 
 
 def run_main(argv):
-    return run_prefix_tuning.main([str(a) for a in argv])
+    return cli.main([str(a) for a in argv])
 
 
 def plain_usage_snippet(adapter_dir, sentences, max_new_tokens=5):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-import run_prefix_tuning
+from prefix_tuning_utils import cli as run_prefix_tuning
 from prefix_tuning_utils.sampling import SeededLengthGroupedSampler, token_lengths
 from tests.conftest import REPO
 

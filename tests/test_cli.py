@@ -1,0 +1,154 @@
+"""The command line: the three ways to start it, and the parsing rules (recipe vs flags, unknown flags, errors)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from prefix_tuning_utils import cli
+from prefix_tuning_utils.arguments import ArgumentError, parse_args
+from tests.conftest import REPO
+
+
+QUICKSTART_DATA = str(REPO / "examples" / "quickstart.txt")
+T5_LARGE_RECIPE = str(REPO / "recipes" / "t5-large_financial_phrasebank.yaml")
+QUICKSTART_RECIPE = str(REPO / "recipes" / "quickstart.yaml")
+
+
+def minimal_argv(tmp_path, *extra) -> list[str]:
+    return ["--model_name_or_path", "t5-small", "--train_file", QUICKSTART_DATA, "--do_train",
+            "--output_dir", str(tmp_path / "out"), *extra]  # fmt: skip
+
+
+def one_line_error(capsys, argv) -> str:
+    """Run the command line in-process; it must stop with exit code 2 and exactly one line on stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.cli([str(a) for a in argv])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert "usage:" not in captured.out + captured.err
+    return err
+
+
+# ------------------------------------------------------------------------------------------- the three entry points
+def test_console_script_help():
+    """`pip install` puts `prefix-tuning` on PATH (CI installs the package); its --help is the script's."""
+    executable = shutil.which("prefix-tuning")
+    if executable is None:
+        pytest.fail("`prefix-tuning` is not on PATH: install the package (pip install -e .) to get the console script.")
+    result = subprocess.run([executable, "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: prefix-tuning ")
+    assert "--num_virtual_tokens" in result.stdout and "--push_only" in result.stdout
+
+
+def test_help_in_process_documents_bare_debug(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.cli(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "A bare --debug (no value) shows the full traceback of an error instead of its one-line message." in text
+    assert "underflow_overflow" in text  # the Trainer's own --debug values are still described
+
+
+@pytest.mark.slow  # two Python processes and a 5-epoch run: 26 s of CPU, 104 s wall at load 17 on 2 cores
+def test_accelerate_launch_runs_the_quickstart_recipe(tmp_path):
+    """The README's entry point: `accelerate launch run_prefix_tuning.py RECIPE` trains, evaluates and saves."""
+    out = tmp_path / "quickstart"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(
+        ["accelerate", "launch", "--num_processes", "1", "run_prefix_tuning.py", "recipes/quickstart.yaml",
+         "--output_dir", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["train_samples"] + results["eval_samples"] == 162  # examples/quickstart.txt, 10 % held out
+    assert results["epoch"] == 5 and 0.0 <= results["eval_accuracy"] <= 1.0
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------------------------- the parsing rules
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--num_virtual_token", "10"], "unknown flag --num_virtual_token; did you mean --num_virtual_tokens?"),
+        (["--epochs", "3"], "unknown flag --epochs; did you mean --num_train_epochs?"),
+        (["--lerning_rate=0.1"], "unknown flag --lerning_rate; did you mean --learning_rate?"),
+        (["--xyzzy"], "unknown flag --xyzzy; see --help."),
+        (["stray"], "unexpected argument(s): stray."),
+    ],
+)
+def test_unknown_flag_names_the_nearest_known_one(tmp_path, capsys, flags, expected):
+    """No abbreviations: `--num_virtual_token 10` is an error, not `--num_virtual_tokens 10`."""
+    err = one_line_error(capsys, minimal_argv(tmp_path, *flags))
+    assert err.startswith(f"error: {expected}"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_flag_is_named_before_the_checks_it_disturbs(tmp_path):
+    """A misspelt --train_file is reported as such, not as "No data given"."""
+    with pytest.raises(ArgumentError, match=r"^unknown flag --train_fil; did you mean --train_file\?$"):
+        parse_args(["--model_name_or_path", "t5-small", "--train_fil", QUICKSTART_DATA, "--do_train"])
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--tuning_method", "adapter"], "invalid choice: 'adapter' (choose from 'prefix', 'prompt', 'lora', 'full')"),
+        (["--num_virtual_tokens", "ten"], "invalid int value: 'ten'"),
+        (["--num_virtual_tokens"], "expected one argument"),
+    ],
+)
+def test_invalid_value_is_one_line_exit_2(tmp_path, capsys, flags, expected):
+    err = one_line_error(capsys, minimal_argv(tmp_path, *flags))
+    assert expected in err and err.endswith("; see --help."), err
+
+
+@pytest.mark.parametrize("flag", ["--train_file", "--train-file", "--train_file=", "--validation_file"])
+def test_command_line_file_replaces_the_recipes_hub_dataset(tmp_path, flag):
+    """The recipe names a Hub dataset; a data file on the command line is used instead (no download)."""
+    given = [flag + QUICKSTART_DATA] if flag.endswith("=") else [flag, QUICKSTART_DATA]
+    _, data_args, *_ = parse_args([T5_LARGE_RECIPE, *given, "--output_dir", str(tmp_path)])
+    assert data_args.dataset_name is None and data_args.dataset_config_name is None
+    assert QUICKSTART_DATA in (data_args.train_file, data_args.validation_file)
+    assert data_args.label_words is None and data_args.validation_split_percentage == 10  # other keys still apply
+
+
+def test_command_line_dataset_replaces_the_recipes_files(tmp_path):
+    _, data_args, *_ = parse_args([QUICKSTART_RECIPE, "--dataset_name", "financial_phrasebank"])
+    assert data_args.dataset_name == "financial_phrasebank"
+    assert data_args.train_file is None and data_args.validation_file is None
+    assert data_args.label_words == "negative,neutral,positive"  # the recipe's other data keys are kept
+
+
+def test_other_data_flags_keep_the_recipes_source(tmp_path):
+    _, data_args, *_ = parse_args([T5_LARGE_RECIPE, "--dataset_config_name", "sentences_75agree"])
+    assert (data_args.dataset_name, data_args.dataset_config_name) == ("financial_phrasebank", "sentences_75agree")
+    _, data_args, *_ = parse_args([QUICKSTART_RECIPE, "--test_file", QUICKSTART_DATA, "--do_predict"])
+    assert data_args.train_file == "examples/quickstart.txt" and data_args.test_file == QUICKSTART_DATA
+
+
+def test_bare_debug_shows_the_traceback_of_a_parse_error(tmp_path):
+    with pytest.raises(ArgumentError, match="did you mean --num_train_epochs"):
+        cli.cli(minimal_argv(tmp_path, "--epochs", "3", "--debug"))
+
+
+def test_script_is_a_shim_over_the_package():
+    """run_prefix_tuning.py holds no logic: it starts prefix_tuning_utils.cli.cli, as the console script does."""
+    code = [
+        line
+        for line in (REPO / "run_prefix_tuning.py").read_text().split('"""')[-1].splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert code == ["from prefix_tuning_utils.cli import cli", 'if __name__ == "__main__":', "    cli()"]
+    assert "prefix-tuning = prefix_tuning_utils.cli:cli" in (REPO / "setup.cfg").read_text()
+    assert sys.modules["prefix_tuning_utils.cli"] is cli
