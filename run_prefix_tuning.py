@@ -34,6 +34,7 @@ from prefix_tuning_utils.modeling import (
     save_initialised_base,
     trainable_parameters,
 )
+from prefix_tuning_utils.network import DATA_ADVICE, MODEL_ADVICE, HubUnavailableError, bound_hub_timeouts, hub_step
 from prefix_tuning_utils.output_dir import prepare_output_dir
 from prefix_tuning_utils.predict import predict
 from prefix_tuning_utils.prefix_init import init_prefix_from_text
@@ -71,6 +72,7 @@ def setup_logging(training_args) -> None:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+    bound_hub_timeouts()  # a silent Hub fails the step instead of hanging the run
     if hub.is_push_only(argv):  # publish a finished run again, nothing else
         return hub.push_only(argv)
     model_args, data_args, prefix_args, predict_args, training_args = parse_args(argv)
@@ -84,18 +86,22 @@ def main(argv=None):
     # Without --do_train, a model or adapter written by this script is used as it is, with the label words and input
     # format saved next to it; an adapter's base model is found from its config.
     model_name = model_args.model_name_or_path
-    trained = None if training_args.do_train else find_trained_model(model_args)
+    with hub_step(f"looking up {model_name} on the Hub", MODEL_ADVICE):
+        trained = None if training_args.do_train else find_trained_model(model_args)
     if trained is not None:
         trained.apply_settings(data_args)
         model_args = trained.base_args
 
     # Checks that need no weights: config, tokenizer, data.
-    config = get_model_config(model_args)
+    with hub_step(f"loading the model config of {model_args.model_name_or_path}", MODEL_ADVICE):
+        config = get_model_config(model_args)
     # fp16 can also come from the accelerate config (mixed_precision: fp16) without --fp16.
     task = check_model_config(config, fp16=training_args.fp16 or training_args.mixed_precision == "fp16")
-    tokenizer = get_tokenizer(model_args, task)
+    with hub_step(f"loading the tokenizer of {model_args.tokenizer_name or model_args.model_name_or_path}", MODEL_ADVICE):
+        tokenizer = get_tokenizer(model_args, task)
     check_scope_supported(config, prefix_args.prefix_scope)
-    splits, labels = get_datasets(data_args, model_args.cache_dir, model_args.token)
+    with hub_step(f"downloading the dataset {data_args.dataset_name}", DATA_ADVICE):
+        splits, labels = get_datasets(data_args, model_args.cache_dir, model_args.token)
     if training_args.do_train and "train" not in splits:
         raise ArgumentError("--do_train needs training data: --dataset_name or --train_file.")
     if training_args.do_eval and "validation" not in splits:
@@ -137,10 +143,11 @@ def main(argv=None):
     set_seed(training_args.seed)
 
     # Model: frozen base + trainable prefix (or a baseline method).
-    model = load_base_model(model_args, config, task)
-    if trained is not None:
-        model = trained.load(model)
-    elif training_args.do_train:
+    with hub_step(f"downloading the weights of {model_args.model_name_or_path}", MODEL_ADVICE, any_os_error=True):
+        model = load_base_model(model_args, config, task)
+        if trained is not None:
+            model = trained.load(model)
+    if trained is None and training_args.do_train:
         model = build_model(model, build_peft_config(config, prefix_args, task), prefix_args.prefix_scope)
         if prefix_args.prefix_init_text is not None and checkpoint is None:
             init_prefix_from_text(model, tokenizer, prefix_args.prefix_init_text, task)
@@ -244,7 +251,7 @@ def cli(argv=None) -> None:
             print(file=sys.stderr)  # ends the progress bar's line
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ArgumentError) else 1)
-    except hub.PushError as err:
+    except (hub.PushError, HubUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
 
