@@ -50,6 +50,7 @@ from .modeling import (
     save_initialised_base,
     trainable_parameters,
 )
+from .network import DATA_ADVICE, MODEL_ADVICE, HubUnavailableError, bound_hub_timeouts, hub_step
 from .output_dir import prepare_output_dir
 from .predict import predict
 from .prefix_init import init_prefix_from_text
@@ -131,18 +132,22 @@ def resolve_and_validate(argv: list[str]) -> Run:
     # Without --do_train, a model or adapter written by this script is used as it is, with the label words and input
     # format saved next to it; an adapter's base model is found from its config.
     model_name = model_args.model_name_or_path
-    trained = None if training_args.do_train else find_trained_model(model_args)
+    with hub_step(f"looking up {model_name} on the Hub", MODEL_ADVICE):
+        trained = None if training_args.do_train else find_trained_model(model_args)
     if trained is not None:
         trained.apply_settings(data_args)
         model_args = trained.base_args
 
     # Checks that need no weights: config, tokenizer, data.
-    config = get_model_config(model_args)
+    with hub_step(f"loading the model config of {model_args.model_name_or_path}", MODEL_ADVICE):
+        config = get_model_config(model_args)
     # fp16 can also come from the accelerate config (mixed_precision: fp16) without --fp16.
     task = check_model_config(config, fp16=training_args.fp16 or training_args.mixed_precision == "fp16")
-    tokenizer = get_tokenizer(model_args, task)
+    with hub_step(f"loading the tokenizer of {model_args.tokenizer_name or model_args.model_name_or_path}", MODEL_ADVICE):
+        tokenizer = get_tokenizer(model_args, task)
     check_scope_supported(config, prefix_args.prefix_scope)
-    splits, labels = get_datasets(data_args, model_args.cache_dir, model_args.token)
+    with hub_step(f"downloading the dataset {data_args.dataset_name}", DATA_ADVICE):
+        splits, labels = get_datasets(data_args, model_args.cache_dir, model_args.token)
     if training_args.do_train and "train" not in splits:
         raise ArgumentError("--do_train needs training data: --dataset_name or --train_file.")
     if training_args.do_eval and "validation" not in splits:
@@ -182,10 +187,11 @@ def resolve_and_validate(argv: list[str]) -> Run:
 def build_run_model(run: Run, checkpoint: str | None):
     """The frozen base with a trainable prefix (or a baseline method), a trained model, or the base as it is."""
     model_args, prefix_args, training_args = run.model_args, run.prefix_args, run.training_args
-    model = load_base_model(model_args, run.config, run.task)
-    if run.trained is not None:
-        model = run.trained.load(model)
-    elif training_args.do_train:
+    with hub_step(f"downloading the weights of {model_args.model_name_or_path}", MODEL_ADVICE, any_os_error=True):
+        model = load_base_model(model_args, run.config, run.task)
+        if run.trained is not None:
+            model = run.trained.load(model)
+    if run.trained is None and training_args.do_train:
         model = build_model(model, build_peft_config(run.config, prefix_args, run.task), prefix_args.prefix_scope)
         if prefix_args.prefix_init_text is not None and checkpoint is None:
             init_prefix_from_text(model, run.tokenizer, prefix_args.prefix_init_text, run.task)
@@ -278,6 +284,7 @@ def write_card_and_publish(trainer, run: Run, parameters: tuple[int, int], eval_
 def main(argv: list[str] | None = None):
     """Run the command line `argv` (default: sys.argv[1:]); return the trainer (or, for --push_only, the URL)."""
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+    bound_hub_timeouts()  # a silent Hub fails the step instead of hanging the run
     if hub.is_push_only(argv):  # publish a finished run again, nothing else
         return hub.push_only(argv)
     run = resolve_and_validate(argv)
@@ -327,6 +334,6 @@ def cli(argv: list[str] | None = None) -> None:
             print(file=sys.stderr)  # ends the progress bar's line
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ArgumentError) else 1)
-    except hub.PushError as err:
+    except (hub.PushError, HubUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -278,12 +278,21 @@ def _model_file(args: ModelArguments, name: str) -> str | None:
     if os.path.isdir(path):
         candidate = os.path.join(path, name)
         return candidate if os.path.isfile(candidate) else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         return hf_hub_download(path, name, revision=args.model_revision, cache_dir=args.cache_dir, token=args.token)
-    except (OSError, ValueError, EntryNotFoundError):  # no such file or repo, offline, or not a repo id at all
+    except LocalEntryNotFoundError:  # not in the cache, and the Hub was not asked or did not answer
+        if constants.HF_HUB_OFFLINE:  # offline, the cache is all there is: a file it lacks counts as absent
+            return None
+        raise  # the Hub unreachable or failing: a network failure must not pass for "this is no adapter"
+    except (RemoteEntryNotFoundError, RepositoryNotFoundError, HFValidationError):  # no such file or repo, or no id
         return None
 
 

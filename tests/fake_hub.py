@@ -93,7 +93,7 @@ class FakeHub:
     """Fake Hub on 127.0.0.1:<free port>, served by a background thread; repos live in a temp directory.
 
     `with FakeHub() as hub:` = `start()` + `patch_hf_endpoint(hub.url)`, all undone on exit.
-    Failure injection (HTTP status or None): `fail_commit`, `fail_create_repo`.
+    Failure injection (HTTP status or None): `fail_commit`, `fail_create_repo`; `fail_download` {file name: status}.
     Recording: `requests`, `uploads` (decoded commit contents), `unhandled`; helpers `files()`, `all_uploaded_bytes()`.
 
     `disable_xet=True` (default) sets HF_HUB_DISABLE_XET while patched, so `upload_folder` takes the plain
@@ -109,6 +109,7 @@ class FakeHub:
         self.user, self.disable_xet, self.hub_cache = user, disable_xet, hub_cache
         self.fail_commit: int | None = None
         self.fail_create_repo: int | None = None
+        self.fail_download: dict[str, int] = {}  # file name -> HTTP status its download answers
         self.requests: list[RecordedRequest] = []
         self.uploads: list[Upload] = []
         self.unhandled: list[RecordedRequest] = []
@@ -243,6 +244,8 @@ class FakeHub:
         raise _NoRouteError(method, path)
 
     def _resolve_file(self, repo_type: str, repo_id: str, revision: str, filename: str):
+        if filename in self.fail_download:
+            raise _HubError(self.fail_download[filename], f"fake Hub fails {filename}")
         repo = self._get_repo(repo_type, repo_id)
         sha = self._resolve(repo, revision)
         if filename not in repo.commits[sha]:  # X-Repo-Commit lets the client cache the absence (.no_exist/)
