@@ -16,25 +16,27 @@ transformers 5.24 renamed the model keyword that carries the key/value cache fro
 
 What it does
 ------------
-``apply()`` (called once when ``prefix_tuning_utils`` is imported) wraps three methods of peft's
-``PeftModelForSeq2SeqLM`` and ``PeftModelForCausalLM``, and only acts for ``PREFIX_TUNING`` adapters:
+Two patches in the registry of :mod:`prefix_tuning_utils.patching` (applied when ``prefix_tuning_utils`` is
+imported), on peft's ``PeftModelForSeq2SeqLM`` and ``PeftModelForCausalLM``, acting only for ``PREFIX_TUNING``
+adapters:
 
-* ``prepare_inputs_for_generation``: hands the prefix to the model under the keyword its ``forward`` accepts,
-  on every step that has no cache yet (the first step, or every step with ``use_cache=False``), and keeps the
-  attention mask of causal models in step with it. For causal models it also shifts the position ids that
-  ``generate()`` derives from the attention mask by ``num_virtual_tokens``: in training (peft's ``forward``) the
-  real tokens come after the prefix, so generation must number them the same way.
-* ``forward`` / ``generate``: install a forward pre-hook on the base model that renames ``past_key_values`` to
-  ``cache`` when the model's ``forward`` takes ``cache`` and no longer takes ``past_key_values``.
+* ``compat.generation_prefix`` wraps ``prepare_inputs_for_generation``: hands the prefix to the model under the
+  keyword its ``forward`` accepts, on every step that has no cache yet (the first step, or every step with
+  ``use_cache=False``), and keeps the attention mask of causal models in step with it. For causal models it also
+  shifts the position ids that ``generate()`` derives from the attention mask by ``num_virtual_tokens``: in training
+  (peft's ``forward``) the real tokens come after the prefix, so generation must number them the same way.
+  Canary: ``tests/test_generation_uses_prefix.py::test_upstream_generate_still_broken``.
+* ``compat.cache_keyword`` wraps ``forward`` / ``generate`` to install a forward pre-hook on the base model that
+  renames ``past_key_values`` to ``cache`` when the model's ``forward`` takes ``cache`` and no longer takes
+  ``past_key_values`` (the hook does nothing while the patch is removed). Canary:
+  ``tests/test_generation_uses_prefix.py::test_upstream_forward_still_uses_deprecated_keyword``.
 
-On versions where transformers still calls the keyword ``past_key_values`` the renaming is a no-op. The test
-``tests/test_generation_uses_prefix.py::test_upstream_generate_still_broken`` fails the day upstream fixes the
-bug, telling us this layer can be retired for those versions.
+On versions where transformers still calls the keyword ``past_key_values`` both are no-ops. A canary that fails
+(XPASS) means upstream fixed that bug: retire the patch for those versions.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 
@@ -42,17 +44,16 @@ import torch
 from peft import PeftModelForCausalLM, PeftModelForSeq2SeqLM, PeftType
 from transformers import Cache
 
-from .patching import MethodPatches
+from . import patching
 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["apply", "is_applied", "disabled"]
+__all__ = ["CACHE_KEYWORD", "GENERATION_PREFIX", "disabled"]
 
 _PATCHED_CLASSES = (PeftModelForSeq2SeqLM, PeftModelForCausalLM)
-_PATCHES = MethodPatches()
-_ORIGINALS = _PATCHES.originals  # (class, name) -> the method replaced
 _HOOK_FLAG = "_prefix_tuning_utils_cache_hook"
+_VERSIONS = "transformers >= 5.24 with peft 0.21.2"
 
 
 def _forward_parameters(model: torch.nn.Module) -> set[str]:
@@ -74,6 +75,8 @@ def _cache_keyword(model: torch.nn.Module) -> str:
 
 def _rename_cache_kwarg(module, args, kwargs):
     """Forward pre-hook: move a prefix given as ``past_key_values`` to ``cache`` for models that take ``cache``."""
+    if not CACHE_KEYWORD.applied:  # the patch is removed (tests): upstream behaviour
+        return None
     prefix = kwargs.pop("past_key_values", None)
     if prefix is not None:
         kwargs["cache"] = prefix
@@ -85,7 +88,7 @@ def _install_cache_hook(peft_model) -> None:
     if getattr(base, _HOOK_FLAG, False):
         return
     if _cache_keyword(base) == "cache":
-        base.register_forward_pre_hook(_rename_cache_kwarg, with_kwargs=True)
+        base.register_forward_pre_hook(_rename_cache_kwarg, with_kwargs=True, prepend=True)  # before any user hook
     setattr(base, _HOOK_FLAG, True)
 
 
@@ -93,8 +96,7 @@ def _is_prefix(peft_model) -> bool:
     return peft_model.active_peft_config.peft_type == PeftType.PREFIX_TUNING
 
 
-def _prepare_inputs_for_generation(self, *args, task_ids=None, **kwargs):
-    original = _ORIGINALS[(type(self).__mro__[_mro_index(type(self))], "prepare_inputs_for_generation")]
+def _prepare_inputs_for_generation(original, self, *args, task_ids=None, **kwargs):
     if not _is_prefix(self):
         return original(self, *args, task_ids=task_ids, **kwargs)
     base = self.get_base_model()
@@ -124,47 +126,49 @@ def _prepare_inputs_for_generation(self, *args, task_ids=None, **kwargs):
     return model_inputs
 
 
-def _mro_index(cls: type) -> int:
-    for i, klass in enumerate(cls.__mro__):
-        if klass in _PATCHED_CLASSES:
-            return i
-    raise TypeError(f"{cls.__name__} is not a patched peft class")
+def _with_cache_hook(original, self, *args, **kwargs):
+    if _is_prefix(self):
+        _install_cache_hook(self)
+    return original(self, *args, **kwargs)
 
 
-def _with_cache_hook(name: str):
-    def wrapper(self, *args, **kwargs):
-        original = _ORIGINALS[(type(self).__mro__[_mro_index(type(self))], name)]
-        if _is_prefix(self):
-            _install_cache_hook(self)
-        return original(self, *args, **kwargs)
+GENERATION_PREFIX = patching.register(
+    patching.Patch(
+        name="compat.generation_prefix",
+        kind="bug fix",
+        upstream=(
+            f"{_VERSIONS}: generate() returns the base model's output. transformers' prepare_inputs_for_generation "
+            "puts the generation cache under `cache`, peft adds the prefix under `past_key_values`, and the "
+            "deprecated alias keeps `cache` and drops the prefix; with use_cache=False peft injects the prefix on "
+            "the first step only (already on transformers 5.23)."
+        ),
+        test="tests/test_generation_uses_prefix.py::test_upstream_generate_still_broken",
+        replacements=[
+            (cls, "prepare_inputs_for_generation", patching.calling(_prepare_inputs_for_generation))
+            for cls in _PATCHED_CLASSES
+        ],
+    )
+)
 
-    wrapper.__name__ = name
-    return wrapper
-
-
-def is_applied() -> bool:
-    return bool(_ORIGINALS)
-
-
-def apply() -> None:
-    """Patch peft's seq2seq and causal-LM model classes (idempotent)."""
-    if _ORIGINALS:
-        return
-    for cls in _PATCHED_CLASSES:
-        for name, replacement in (
-            ("prepare_inputs_for_generation", _prepare_inputs_for_generation),
-            ("forward", _with_cache_hook("forward")),
-            ("generate", _with_cache_hook("generate")),
-        ):
-            original = cls.__dict__[name]
-            _ORIGINALS[(cls, name)] = original
-            setattr(cls, name, functools.wraps(original)(replacement))
-
-
-def _remove() -> None:
-    _PATCHES.remove()
+CACHE_KEYWORD = patching.register(
+    patching.Patch(
+        name="compat.cache_keyword",
+        kind="bug fix",
+        upstream=(
+            f"{_VERSIONS}: PeftModel.forward hands the prefix to the base model as `past_key_values`, a keyword "
+            "transformers 5.24 renamed to `cache` (a deprecated alias until 5.40): training reaches the prefix "
+            "only through the alias."
+        ),
+        test="tests/test_generation_uses_prefix.py::test_upstream_forward_still_uses_deprecated_keyword",
+        replacements=[
+            (cls, name, patching.calling(_with_cache_hook))
+            for cls in _PATCHED_CLASSES
+            for name in ("forward", "generate")
+        ],
+    )
+)
 
 
 def disabled():
-    """Context manager that removes the patch, to compare against upstream behaviour in tests."""
-    return _PATCHES.disabled(apply)
+    """Context manager that removes both patches, to compare against upstream behaviour in tests."""
+    return patching.disabled(GENERATION_PREFIX.name, CACHE_KEYWORD.name)

@@ -32,6 +32,7 @@ from transformers.models.auto.modeling_auto import (
 
 from . import all_layer_prefix
 from .arguments import ArgumentError, DataTrainingArguments, ModelArguments, PrefixArguments
+from .hub_files import find_model_file
 
 
 logger = logging.getLogger(__name__)
@@ -274,26 +275,9 @@ def save_task_settings(output_dir: str, labels: list[str], data_args: DataTraini
 
 def _model_file(args: ModelArguments, name: str) -> str | None:
     """Local path of the file `name` of --model_name_or_path (a folder or a Hub repo), or None where it has none."""
-    path = args.model_name_or_path
-    if os.path.isdir(path):
-        candidate = os.path.join(path, name)
-        return candidate if os.path.isfile(candidate) else None
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import (
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
+    return find_model_file(
+        args.model_name_or_path, name, revision=args.model_revision, cache_dir=args.cache_dir, token=args.token
     )
-
-    try:
-        return hf_hub_download(path, name, revision=args.model_revision, cache_dir=args.cache_dir, token=args.token)
-    except LocalEntryNotFoundError:  # not in the cache, and the Hub was not asked or did not answer
-        if constants.HF_HUB_OFFLINE:  # offline, the cache is all there is: a file it lacks counts as absent
-            return None
-        raise  # the Hub unreachable or failing: a network failure must not pass for "this is no adapter"
-    except (RemoteEntryNotFoundError, RepositoryNotFoundError, HFValidationError):  # no such file or repo, or no id
-        return None
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""`--prefix_scope all`: encoder self-attention and cross-attention prefixes (prefix_tuning_utils/all_layer_prefix.py).
+"""`--prefix_scope all`: encoder self-attention and cross-attention prefixes (prefix_tuning_utils/all_layer_prefix/).
 
 Reference for generation, as in tests/test_generation_uses_prefix.py: a manual greedy loop of full forward passes,
 and beam-search scores recomputed by one forward pass. "decoder" below is peft's own prefix model; "all" is the
@@ -33,7 +33,7 @@ from transformers import (
 )
 from transformers.models.t5 import modeling_t5
 
-from prefix_tuning_utils import all_layer_prefix
+from prefix_tuning_utils import all_layer_prefix, patching
 from prefix_tuning_utils import cli as run_prefix_tuning
 from prefix_tuning_utils.all_layer_prefix import WEIGHTS_NAME, attach, get_all_layer_prefix
 from prefix_tuning_utils.arguments import ArgumentError, PrefixArguments
@@ -224,7 +224,8 @@ def test_save_load_round_trip_reproduces_logits_and_generation(prefix_projection
         6,
         2 * 2 * 32,
     )  # flat: tokens x (layers * 2 * heads * d_kv)
-    assert "## Prefix scope: all" in (tmp_path / "README.md").read_text()
+    # The run's model card (model_card.py) is the only writer of README.md that speaks of the scope.
+    assert "prefix_scope" not in (tmp_path / "README.md").read_text()
 
     fresh_base, _ = make_models(prefix_projection=prefix_projection)
     loaded = PeftModel.from_pretrained(fresh_base, tmp_path).eval()
@@ -271,6 +272,16 @@ def test_plain_peft_loads_only_the_decoder_prefix_and_warns(tmp_path):
         warnings.simplefilter("always")
         PeftConfig.from_pretrained(tmp_path)
     assert not any("prefix_scope" in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
+def test_plain_peft_save_drops_the_added_prefixes(tmp_path):
+    """Why the all_layer_prefix.save patch exists: peft's own save_pretrained writes the decoder prefix only."""
+    _, full = scope_pair()
+    with patching.disabled("all_layer_prefix.save"):
+        full.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / WEIGHTS_NAME).exists()
+    assert "prefix_scope" not in json.loads((tmp_path / "adapter_config.json").read_text())
 
 
 def test_adapter_on_the_hub_restores_every_prefix(tmp_path, monkeypatch):
