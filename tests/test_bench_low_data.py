@@ -92,7 +92,8 @@ def test_table_and_plot_from_rows(tmp_path):
 
 @pytest.mark.parametrize("sizes", [["0"], ["ten"], ["5000"]])
 def test_bad_sizes_are_refused(sizes, tmp_path, tiny_llama_dir, phrasebank_env):
-    argv = ["--model_dir", str(tiny_llama_dir), "--results", str(tmp_path / "r.jsonl"), "--sizes", *sizes]
+    argv = ["--model_dir", str(tiny_llama_dir), "--results", str(tmp_path / "r.jsonl"), "--work_dir", str(tmp_path)]
+    argv += ["--sizes", *sizes]
     with pytest.raises(SystemExit) as err:
         bench.main(argv)
     assert err.value.code != 0 and not (tmp_path / "r.jsonl").exists()
