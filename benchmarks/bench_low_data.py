@@ -225,6 +225,8 @@ def markdown_table(summary: dict, sizes: list[int]) -> str:
             values = summary[method].get(0 if method == "zero-shot" else size, [])
             if not values:
                 cells_.append("not run")
+            elif method == "zero-shot":
+                cells_.append(f"{values[0]:.4f}")
             elif len(values) == 1:
                 cells_.append(f"{values[0]:.4f} (1 seed)")
             else:
@@ -320,13 +322,80 @@ def main(argv=None) -> None:
         print(json.dumps(row), flush=True)
 
 
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def finbert_table(rows: list[dict]) -> str:
+    lines = [
+        "| method (Sentences_50Agree, 4,361 / 485) | seeds | accuracy: mean (min–max) | macro-F1: mean (min–max) |",
+        "|---|---:|---:|---:|",
+        "| FinBERT (Araci, 2019; its own 20 % test split) | | 0.86 | 0.84 |",
+    ]
+    for method in ("prefix", "full"):
+        done = [r for r in rows if (r["data"], r["holdout"], r["method"]) == ("sentences_50agree", "test", method)]
+        if not done:
+            lines.append(f"| {method} | 0 | not yet measured | not yet measured |")
+            continue
+        acc, f1 = [r["accuracy"] for r in done], [r["macro_f1"] for r in done]
+        lines.append(f"| {method} | {len(done)} | {mean(acc):.4f} ({min(acc):.4f}–{max(acc):.4f}) | "
+                     f"{mean(f1):.4f} ({min(f1):.4f}–{max(f1):.4f}) |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def goals(summary: dict, rows: list[dict], pool_size: int) -> str:
+    """The issue's three goals, each with the figures measured so far (or what is missing)."""
+
+    def figure(method: str, size: int) -> str:
+        values = summary.get(method, {}).get(size, [])
+        return f"{mean(values):.4f} ({len(values)} seed{'s' * (len(values) != 1)})" if values else "not yet measured"
+
+    out = []
+    prefix_all, full_all = summary.get("prefix", {}).get(pool_size, []), summary.get("full", {}).get(pool_size, [])
+    verdict = "not yet measured"
+    if prefix_all and full_all:
+        gap = (mean(full_all) - mean(prefix_all)) * 100
+        verdict = f"{'met' if gap <= 1.0 else 'not met'}: prefix {gap:+.1f} points behind full" + (
+            "" if min(len(prefix_all), len(full_all)) >= 3 else " (fewer than 3 seeds: provisional)"
+        )
+    out.append(f"1. Prefix within 1.0 point of full fine-tuning at all {pool_size:,} sentences: prefix "
+               f"{figure('prefix', pool_size)}, full {figure('full', pool_size)}: **{verdict}**.")  # fmt: skip
+    small = []
+    for size in [s for s in SIZES if s <= 128]:
+        p, f = summary.get("prefix", {}).get(size, []), summary.get("full", {}).get(size, [])
+        if p and f:
+            small.append(f"{size}: prefix {mean(p):.4f} vs full {mean(f):.4f} "
+                         f"({'at or above' if mean(p) >= mean(f) else 'below'}, {min(len(p), len(f))} seeds)")  # fmt: skip
+        else:
+            small.append(f"{size}: not yet measured")
+    out.append("2. Prefix at or above full fine-tuning at 128 sentences or fewer: " + "; ".join(small) + ".")
+    fin = [r["accuracy"] for r in rows if (r["data"], r["holdout"], r["method"]) == ("sentences_50agree", "test",
+                                                                                    "prefix")]  # fmt: skip
+    out.append("3. Prefix at or above FinBERT's 0.86 accuracy on Sentences_50Agree: " + (
+        f"{mean(fin):.4f} ({len(fin)} seeds): **{'met' if mean(fin) >= 0.86 else 'not met'}**." if fin
+        else "**not yet measured**."))  # fmt: skip
+    tokens = [r for r in rows if r["method"] == "prefix-1000x" and r["data"] == "sentences_allagree"]
+    if tokens:
+        out.append(f"\n1/1000 of the parameters: {tokens[0]['virtual_tokens']} virtual tokens "
+                   f"({tokens[0]['trainable']:,} trainable): 128 sentences {figure('prefix-1000x', 128)}, "
+                   f"all {figure('prefix-1000x', pool_size)}; the recipe's 61 tokens: 128 sentences "
+                   f"{figure('prefix', 128)}, all {figure('prefix', pool_size)}.")  # fmt: skip
+    return "\n".join(out)
+
+
 def write_readme(rows: list[dict]) -> None:
+    rows = [r for r in rows if not r.get("run_args")]
     summary = summarise(rows)
     pool_size = max([r["size"] for r in rows if r["data"] == "sentences_allagree" and r["holdout"] == "test"] + [2037])
     sizes = SIZES + [pool_size]
-    text = markdown_table(summary, sizes)
+    finished = sum(1 for r in rows if r["holdout"] == "test")
+    text = (
+        f"Accuracy on the 227 held-out sentences: mean (min–max, seeds) of the {finished} cells finished so far "
+        f"(step rule: at least {MIN_STEPS} steps; `not run`: still to run).\n\n" + markdown_table(summary, sizes)
+    )
     plot(summary, sizes, PLOT)
-    text += f"\n\n![accuracy against training size]({PLOT.name})\n"
+    text += f"\n\n![accuracy against training size]({PLOT.name})\n\n" + finbert_table(rows)
+    text += "\n\nThe issue's goals against these figures:\n\n" + goals(summary, rows, pool_size)
     write_readme_block(__file__, "Low data", text, machine_line())
 
 
