@@ -85,7 +85,10 @@ def test_table_and_plot_from_rows(tmp_path):
     summary = bench.summarise(rows)
     text = bench.markdown_table(summary, [32, 2037])
     assert "| prefix | 0.7000 (0.6000–0.8000, 3 seeds) | not run |" in text
-    assert "| zero-shot | 0.3000 (1 seed) | 0.3000 (1 seed) |" in text and "full" not in text
+    assert "| zero-shot | 0.3000 | 0.3000 |" in text and "full" not in text
+    goals = bench.goals(summary, rows, 2037)
+    assert "32: prefix 0.7000 vs full" not in goals and "32: not yet measured" in goals  # full's cell is another rule
+    assert "FinBERT's 0.86 accuracy on Sentences_50Agree: **not yet measured**" in goals
     bench.plot(summary, [32, 2037], tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
