@@ -29,12 +29,11 @@ import sys
 import time
 from pathlib import Path
 
+from bench_quality import GGUF_NAME, gguf_folder, method_flags
+from common import machine_line, write_readme_block
+
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from benchmarks.bench_quality import GGUF_NAME, gguf_folder, method_flags  # noqa: E402
-from benchmarks.common import machine_line, write_readme_block  # noqa: E402
 
 
 LABELS = ["negative", "neutral", "positive"]

@@ -1,17 +1,12 @@
 """benchmarks/bench_low_data.py: nested stratified subsets, the step rule, one `--quick` cell on a tiny Llama, resume."""
 
-import sys
 from collections import Counter
 
+import bench_low_data as bench  # benchmarks/ is on pytest's pythonpath (setup.cfg)
 import pytest
 from transformers import AutoConfig
 
-from tests.conftest import REPO
-
-
-sys.path.insert(0, str(REPO))
-from benchmarks import bench_low_data as bench  # noqa: E402
-from prefix_tuning_utils.data import parse_phrasebank_lines, stratified_split  # noqa: E402
+from prefix_tuning_utils.data import parse_phrasebank_lines, stratified_split
 
 
 @pytest.fixture
