@@ -35,7 +35,7 @@ CASES = {
     "llama-prefix": ("tiny_llama_dir", ["--prompt_template", "Text: {text}\nLabel:", "--max_steps", "4"]),
     "llama-prompt": ("tiny_llama_dir", ["--tuning_method", "prompt", "--max_steps", "4"]),
     "llama-lora": ("tiny_llama_dir", ["--tuning_method", "lora", "--max_steps", "4"]),
-    "llama-full": ("tiny_llama_dir", ["--tuning_method", "full", "--learning_rate", "3e-3", "--num_train_epochs", "2"]),
+    "llama-full": ("tiny_llama_dir", ["--tuning_method", "full", "--learning_rate", "1e-2", "--num_train_epochs", "3"]),
 }
 
 

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import run_prefix_tuning
 from prefix_tuning_utils.arguments import parse_args
+from prefix_tuning_utils.metrics import classification_metrics
 from tests.conftest import REPO
 
 
@@ -64,3 +65,23 @@ def test_recipe_of_record_logs_to_tensorboard(monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
     *_, training_args = parse_args(["recipes/t5-large_financial_phrasebank.yaml", "--output_dir", str(tmp_path)])
     assert training_args.report_to == ["tensorboard"]
+
+
+def test_accuracy_and_macro_f1_are_scikit_learns():
+    """The numbers logged (and in eval_results.json) are scikit-learn's accuracy and macro-F1 over the label words,
+    an answer that is no label word counting as wrong; so `evaluate` (whose accuracy / f1 scripts wrap them) would
+    give the same."""
+    import random
+
+    from sklearn.metrics import accuracy_score, f1_score
+
+    labels = ["negative", "neutral", "positive"]
+    rng = random.Random(0)
+    references = [rng.choice(labels) for _ in range(200)]
+    predictions = [rng.choice(labels + ["Positive ", "maybe"]) for _ in range(200)]
+    ours = classification_metrics(predictions, references, labels)
+    normalised = [p.strip().lower() if p.strip().lower() in labels else "(no label)" for p in predictions]
+    assert ours["accuracy"] == pytest.approx(accuracy_score(references, normalised))
+    assert ours["macro_f1"] == pytest.approx(f1_score(references, normalised, labels=labels, average="macro"))
+    per_label = f1_score(references, normalised, labels=labels, average=None)
+    assert [ours[f"f1_{label}"] for label in labels] == pytest.approx(list(per_label))
