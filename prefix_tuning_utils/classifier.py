@@ -146,6 +146,7 @@ class PrefixClassifier:
         )
         trained = find_trained_model(args)
         if trained is None:
+            get_model_config(args)  # a missing folder or Hub repo is named as such
             raise ArgumentError(
                 f"{model_name_or_path} holds neither an adapter (adapter_config.json) nor prefix_tuning.json: it was "
                 "not written by run_prefix_tuning.py. Give the --output_dir of a training run (or its Hub repo)."

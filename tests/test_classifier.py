@@ -9,14 +9,18 @@ probabilities, in score and generate modes, batched or one by one.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import T5ForConditionalGeneration
 
 import run_prefix_tuning
 from prefix_tuning_utils.arguments import ArgumentError
-from prefix_tuning_utils.classifier import PrefixClassifier
+from prefix_tuning_utils.classifier import InputFormat, PrefixClassifier
+from prefix_tuning_utils.modeling import TASK_SETTINGS_FILE
+from prefix_tuning_utils.scoring import LabelScorer
 from tests.conftest import REPO
 
 
@@ -194,8 +198,11 @@ def test_generate_score_is_the_probability_of_the_sequence_the_model_wrote(train
             assert answer["score"] == pytest.approx(1.0 - float(written.sum()), abs=1e-6)
 
 
-def test_bad_input_is_refused_with_a_clear_error(trained, tiny_t5_dir, tmp_path):
-    classifier = PrefixClassifier.from_pretrained(str(trained("t5-prefix") / "model"))
+def test_bad_input_is_refused_with_a_clear_error(tiny_t5_dir, tokenizer):
+    model = T5ForConditionalGeneration.from_pretrained(tiny_t5_dir)
+    fmt = InputFormat.from_settings({})
+    classifier = PrefixClassifier(LabelScorer(model, tokenizer, LABELS, fmt, "seq2seq"))
+    assert classifier("fine")[0]["label"] in LABELS
     with pytest.raises(ValueError, match="got an empty list"):
         classifier([])
     with pytest.raises(TypeError, match="got int"):
@@ -208,22 +215,33 @@ def test_bad_input_is_refused_with_a_clear_error(trained, tiny_t5_dir, tmp_path)
         classifier("fine", top_k=0)
     with pytest.raises(ValueError, match="top_k applies to mode='score'"):
         PrefixClassifier(classifier.scorer, mode="generate")("fine", top_k=None)
-    with pytest.raises(ValueError, match="mode must be 'score' or 'generate'"):
-        PrefixClassifier.from_pretrained(str(trained("t5-prefix") / "model"), mode="rank")
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         PrefixClassifier(classifier.scorer, batch_size=0)
+
+
+def test_from_pretrained_refuses_what_it_cannot_use(tiny_t5_dir, tmp_path):
+    with pytest.raises(ValueError, match="mode must be 'score' or 'generate'"):
+        PrefixClassifier.from_pretrained(str(tiny_t5_dir), mode="rank")
     with pytest.raises(ArgumentError, match="not written by run_prefix_tuning.py"):
         PrefixClassifier.from_pretrained(str(tiny_t5_dir))
     with pytest.raises(ArgumentError, match="no such folder"):
         PrefixClassifier.from_pretrained(str(tmp_path / "missing" / "run"))
+    full = tmp_path / "full"  # a complete model with its task settings, as --tuning_method full writes
+    shutil.copytree(tiny_t5_dir, full)
+    (full / TASK_SETTINGS_FILE).write_text(json.dumps({"format": 1, "task": "seq2seq", "label_words": LABELS}))
+    assert PrefixClassifier.from_pretrained(str(full)).labels == LABELS
     with pytest.raises(ArgumentError, match="float16 makes t5 models overflow"):
-        PrefixClassifier.from_pretrained(str(trained("t5-prefix") / "model"), dtype=torch.float16)
+        PrefixClassifier.from_pretrained(str(full), dtype=torch.float16)
+    (full / TASK_SETTINGS_FILE).write_text(json.dumps({"format": 1, "task": "seq2seq"}))
+    with pytest.raises(ArgumentError, match="pass label_words="):
+        PrefixClassifier.from_pretrained(str(full))
+    assert PrefixClassifier.from_pretrained(str(full), label_words=["no", "yes"]).labels == ["no", "yes"]
 
 
 def test_dtype_is_applied(trained):
     classifier = PrefixClassifier.from_pretrained(str(trained("llama-prefix") / "model"), torch_dtype="bfloat16")
     assert classifier.model.get_base_model().dtype == torch.bfloat16
-    answers = classifier(["Acme Corp said its net sales rose 12 percent ."], top_k=None)
+    answers = classifier("Acme Corp said its net sales rose 12 percent .", top_k=None)
     assert sum(a["score"] for a in answers) == pytest.approx(1.0, abs=1e-3)
 
 
