@@ -2,8 +2,8 @@
 
     >>> from prefix_tuning_utils.classifier import PrefixClassifier
     >>> classify = PrefixClassifier.from_pretrained("runs/quickstart")  # a folder or a Hub repo id
-    >>> classify("Operating profit rose to EUR 13.1 mn .")
-    [{'label': 'positive', 'score': 0.41}]
+    >>> classify("Borealis Bank said its net sales rose 25 percent from a year earlier .")  # the quickstart's answer
+    [{'label': 'negative', 'score': 0.5597614049911499}]
     >>> classify(["...", "..."], top_k=None)  # every label of every sentence, best first
 
 `from_pretrained` takes anything `run_prefix_tuning.py` wrote (an adapter of any --tuning_method, --prefix_scope
