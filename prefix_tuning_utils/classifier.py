@@ -1,7 +1,7 @@
 """Using a trained adapter from Python: `PrefixClassifier`, shaped like transformers' text-classification pipeline.
 
     >>> from prefix_tuning_utils.classifier import PrefixClassifier
-    >>> classify = PrefixClassifier.from_pretrained("runs/quickstart")  # a folder or a Hub repo id
+    >>> classify = PrefixClassifier.from_pretrained("/tmp/qs")  # the quickstart recipe's --output_dir, or a Hub id
     >>> classify("Borealis Bank said its net sales rose 25 percent from a year earlier .")  # the quickstart's answer
     [{'label': 'negative', 'score': 0.5597614049911499}]
     >>> classify(["...", "..."], top_k=None)  # every label of every sentence, best first
