@@ -175,6 +175,7 @@ def main(argv=None):
         scorer=LabelScorer(model, tokenizer, labels, data_args, task),
         eval_examples=splits.get("validation"),
         eval_mode=eval_mode,
+        cache_encoder_outputs=prefix_args.cache_encoder_outputs,
         callbacks=hub.get_callbacks(hub_settings),
     )
 
