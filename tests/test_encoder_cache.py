@@ -92,7 +92,7 @@ def test_cached_run_resumes_to_the_same_prefix(tmp_path, monkeypatch):
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(tmp_path / "whole" / "checkpoint-6", resumed / "checkpoint-6")
-    losses, resumed_prefix, _ = train(monkeypatch, resumed, *common, "--resume_from_checkpoint", "true")
+    losses, resumed_prefix, _ = train(monkeypatch, resumed, *common)  # an unfinished run: resumed
     assert len(losses) == 2 * 6  # only epochs 2 and 3 ran
     assert losses == whole_losses[6:]
     torch.testing.assert_close(resumed_prefix, whole_prefix, rtol=0, atol=0)
