@@ -16,7 +16,8 @@ def test_gpu_check_sh_tiny_writes_every_row():
                             text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     text = result.stdout
-    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| what")]
+    table = text.split("| what |")[-1]  # rows are printed as they come, then the whole table
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0:2] for row in rows] == [
         ["| train", "8"], ["| train, --cache_encoder_outputs", "8"],
         ["| train", "16"], ["| train, --cache_encoder_outputs", "16"],
