@@ -222,6 +222,7 @@ def build_trainer(run: Run, model, tokenized: dict) -> PrefixTuningTrainer:
         scorer=LabelScorer(model, run.tokenizer, run.labels, run.data_args, run.task),
         eval_examples=run.splits.get("validation"),
         eval_mode=run.eval_mode,
+        cache_encoder_outputs=run.prefix_args.cache_encoder_outputs,
         callbacks=hub.get_callbacks(run.hub_settings),
     )
 

@@ -40,6 +40,7 @@ import functools
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping
 
 import datasets
@@ -53,8 +54,10 @@ from torch.distributed.tensor import DTensor
 from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .all_layer_prefix import get_all_layer_prefix
 from .arguments import ArgumentError
 from .data import LabelledData
+from .encoder_cache import INDEX_COLUMN, EncoderOutputCache, encoder_dropout_off
 from .metrics import classification_metrics
 from .modeling import save_task_settings
 from .output_dir import CHECKPOINT_COMPLETE_FILE, last_complete_checkpoint
@@ -69,6 +72,7 @@ __all__ = [
     "PREFIX_ENCODER_FILE",
     "TrainingDivergedError",
     "check_distributed_setup",
+    "check_encoder_cacheable",
     "PrefixTuningTrainer",
     "LogLastStepCallback",
     "set_sample_count",
@@ -139,10 +143,18 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
     """
 
     def __init__(self, *args, scorer: LabelScorer | None = None, eval_examples: LabelledData | None = None,
-                 eval_mode: str = "generate", **kwargs):  # fmt: skip
+                 eval_mode: str = "generate", cache_encoder_outputs: bool = False, **kwargs):  # fmt: skip
         model = kwargs.get("model", args[0] if args else None)
         base = model.get_base_model() if isinstance(model, PeftModel) else model
         self._encoder_decoder = bool(getattr(base.config, "is_encoder_decoder", False))
+        self.cache_encoder_outputs = cache_encoder_outputs
+        self.encoder_cache: EncoderOutputCache | None = None
+        if cache_encoder_outputs:
+            check_encoder_cacheable(model, self._encoder_decoder)
+            encoder_dropout_off(base.get_encoder())
+            train = kwargs.get("train_dataset")
+            if isinstance(train, datasets.Dataset) and INDEX_COLUMN not in train.column_names:
+                kwargs["train_dataset"] = train.add_column(INDEX_COLUMN, list(range(len(train))))
         kwargs.setdefault("compute_loss_func", functools.partial(token_mean_loss, shift=not self._encoder_decoder))
         super().__init__(*args, **kwargs)
         # T5's forward takes **kwargs for attention options and ignores `num_items_in_batch`: do not pass it.
@@ -153,7 +165,42 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
         self.last_eval_answers: tuple[list[str], list[str]] | None = None
         self._flops_per_token: float | None = None  # floating_point_ops
 
+    # --- --cache_encoder_outputs (encoder_cache.py) ------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.cache_encoder_outputs and INDEX_COLUMN not in self._signature_columns:
+            self._signature_columns.append(INDEX_COLUMN)  # keep the row number that keys the cache
+
+    def train(self, *args, **kwargs):
+        """Train; with --cache_encoder_outputs, encode the training set first (`encoder_cache_runtime` in the metrics:
+        the Trainer's `train_runtime` starts after it)."""
+        started = time.perf_counter()
+        if self.cache_encoder_outputs and self.encoder_cache is None and self.train_dataset is not None:
+            model = self.accelerator.unwrap_model(self.model)
+            base = model.get_base_model() if isinstance(model, PeftModel) else model
+            self.encoder_cache = EncoderOutputCache.build(
+                base.get_encoder(),
+                self.train_dataset,
+                batch_size=self.args.per_device_eval_batch_size,
+                device=self.args.device,
+                autocast=self.accelerator.autocast,
+                show_progress=not self.args.disable_tqdm and self.is_local_process_zero(),
+                pad_token_id=base.config.pad_token_id or 0,
+            )
+        cache_seconds = time.perf_counter() - started
+        output = super().train(*args, **kwargs)
+        if self.cache_encoder_outputs:
+            output.metrics["encoder_cache_runtime"] = round(cache_seconds, 4)
+        return output
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if INDEX_COLUMN in inputs:
+            inputs = dict(inputs)
+            indices = inputs.pop(INDEX_COLUMN)
+            if model.training and self.encoder_cache is not None:
+                width = inputs["input_ids"].shape[1]
+                inputs["encoder_outputs"] = self.encoder_cache.encoder_outputs(indices, width)
         if (
             self.compute_loss_func is not None
             and self._encoder_decoder
@@ -346,6 +393,26 @@ def set_sample_count(metrics: dict, prefix: str, expected: int) -> None:
     if scored is not None and scored != expected:
         raise RuntimeError(f"The {prefix} metrics were computed on {scored} answers for {expected} examples.")
     metrics[key] = expected
+
+
+def check_encoder_cacheable(model, encoder_decoder: bool) -> None:
+    """--cache_encoder_outputs only where the encoder's output cannot change in training (encoder_cache.py)."""
+    if not encoder_decoder:
+        raise ArgumentError(
+            "--cache_encoder_outputs needs a seq2seq model (a frozen encoder); this is a decoder-only model, whose "
+            "every layer sees the prefix: drop --cache_encoder_outputs."
+        )
+    config = model.active_peft_config if isinstance(model, PeftModel) else None
+    if (
+        config is None
+        or config.peft_type != PeftType.PREFIX_TUNING
+        or get_all_layer_prefix(model) is not None  # --prefix_scope all: the encoder sees a prefix
+        or any(p.requires_grad for p in model.get_base_model().get_encoder().parameters())
+    ):
+        raise ArgumentError(
+            "--cache_encoder_outputs needs peft's prefix tuning with --prefix_scope decoder (a frozen encoder that "
+            "sees no prefix): drop --cache_encoder_outputs."
+        )
 
 
 def check_distributed_setup(trainer: Seq2SeqTrainer) -> None:
