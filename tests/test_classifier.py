@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import T5ForConditionalGeneration
 
-import run_prefix_tuning
+from prefix_tuning_utils import cli
 from prefix_tuning_utils.arguments import ArgumentError
 from prefix_tuning_utils.classifier import InputFormat, PrefixClassifier
 from prefix_tuning_utils.modeling import TASK_SETTINGS_FILE
@@ -44,7 +44,7 @@ CASES = {
 
 
 def run_main(argv):
-    return run_prefix_tuning.main([str(a) for a in argv])
+    return cli.main([str(a) for a in argv])
 
 
 def predict_argv(model, output_dir, mode):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import run_prefix_tuning
+from prefix_tuning_utils import cli
 from prefix_tuning_utils.arguments import parse_args
 from prefix_tuning_utils.metrics import classification_metrics
 from tests.conftest import REPO
@@ -40,7 +40,7 @@ def read_scalars(output_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def test_report_to_tensorboard_writes_loss_accuracy_and_macro_f1(request, tmp_path, base_fixture, eval_mode):
     base = request.getfixturevalue(base_fixture)
     out = tmp_path / "run"
-    run_prefix_tuning.main(
+    cli.main(
         ["--model_name_or_path", str(base), "--train_file", str(QUICKSTART), "--output_dir", str(out),
          "--do_train", "--do_eval", "--eval_mode", eval_mode, "--max_steps", "4", "--logging_steps", "1",
          "--eval_strategy", "steps", "--eval_steps", "2", "--learning_rate", "1e-2", "--save_strategy", "no",
