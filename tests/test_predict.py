@@ -26,7 +26,7 @@ import run_prefix_tuning
 from prefix_tuning_utils.arguments import ArgumentError, DataTrainingArguments
 from prefix_tuning_utils.metrics import classification_metrics, confusion_metrics
 from prefix_tuning_utils.modeling import TASK_SETTINGS_FILE
-from prefix_tuning_utils.predict import InputReader
+from prefix_tuning_utils.readers import InputReader
 from prefix_tuning_utils.scoring import LabelScorer
 from tests.conftest import REPO, tiny_t5_config
 
@@ -231,8 +231,7 @@ def test_txt_lines_are_labelled_only_when_they_end_in_at_one_word(tmp_path):
         "@neutral\n"  # empty text
         "Quotes \x93like this\x94 are Windows-1252\n".encode("iso-8859-1")  # control characters in ISO-8859-1
     )
-    rows = list(InputReader(str(path), LABELS))
-    assert [(r.line, r.text, r.gold, r.error is None) for r in rows] == [
+    expected = [
         (1, "Profit rose .", "positive", True),
         (2, "Write to ir@acme.com for the report .", None, True),
         (4, "Café sales fell", "negative", True),
@@ -240,14 +239,19 @@ def test_txt_lines_are_labelled_only_when_they_end_in_at_one_word(tmp_path):
         (6, "", "neutral", False),
         (7, "Quotes \x93like this\x94 are Windows-1252", None, False),
     ]
+    # Not UTF-8 and, with 0x93/0x94, not ISO-8859-1 text either: `auto` refuses the file (tests/test_readers.py);
+    # forced to ISO-8859-1, the line with control characters is a bad row.
+    rows = list(InputReader(str(path), LABELS, encoding="iso-8859-1"))
+    assert [(r.line, r.text, r.gold, r.error is None) for r in rows] == expected
     assert "label 'analyst' is not one of negative, neutral, positive" in rows[3].error
-    assert "--test_file_encoding" in rows[5].error
+    assert "--file_encoding" in rows[5].error
+    path.write_bytes(path.read_bytes().rsplit(b"\n", 2)[0] + b"\n")  # without the Windows-1252 line: ISO-8859-1
+    rows = list(InputReader(str(path), LABELS))
+    assert [(r.line, r.text, r.gold, r.error is None) for r in rows] == expected[:-1]
     utf8 = tmp_path / "utf8.txt"
     utf8.write_text("Café sales fell .\n", encoding="utf-8")
     assert [r.text for r in InputReader(str(utf8), LABELS, encoding="utf-8")] == ["Café sales fell ."]
-    reader = InputReader(str(utf8), LABELS)
-    list(reader)
-    assert reader.utf8_looking_lines == 1  # read as ISO-8859-1, so predict() warns
+    assert [r.text for r in InputReader(str(utf8), LABELS)] == ["Café sales fell ."]  # auto: valid UTF-8
 
 
 def test_csv_jsonl_json_rows_and_their_line_numbers(tmp_path):
@@ -256,7 +260,7 @@ def test_csv_jsonl_json_rows_and_their_line_numbers(tmp_path):
         b'id,sentence,label\n1,Profit rose .,positive\n2,"A sentence\nover two lines",0\n3,No label here .,\n'
         b"4,,neutral\n5,Bad \xff byte,neutral\n6,Unknown label .,bullish\n"
     )
-    rows = list(InputReader(str(csv_path), LABELS))
+    rows = list(InputReader(str(csv_path), LABELS, encoding="utf-8"))
     assert [(r.line, r.text, r.gold) for r in rows if r.error is None] == [
         (2, "Profit rose .", "positive"),
         (3, "A sentence\nover two lines", "negative"),
@@ -267,6 +271,8 @@ def test_csv_jsonl_json_rows_and_their_line_numbers(tmp_path):
         (7, "bytes that are not utf-8"),
         (8, "label 'bullish' is not one of negative, neutral, positive"),
     ]
+    # With `auto`, a file that is not valid UTF-8 (the 0xff) is ISO-8859-1, where 0xff is `ÿ`.
+    assert [(r.line, r.text) for r in InputReader(str(csv_path), LABELS) if r.line == 7] == [(7, "Bad ÿ byte")]
     jsonl_path = tmp_path / "in.jsonl"
     jsonl_path.write_text(
         '{"sentence": "Profit rose .", "label": "positive"}\n\n{"sentence": "No label ."}\n{"sentence": \n'
