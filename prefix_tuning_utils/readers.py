@@ -148,19 +148,20 @@ def detect_encoding(path: str, requested: str = "auto", opener: Callable[[], IO[
     if not_utf8 is None:
         logger.info("Reading %s as UTF-8 (valid UTF-8).", path)
         return "utf-8"
-    where = f"line {not_utf8[0]}" + (f", byte 0x{not_utf8[1]:02x}" if not_utf8[1] is not None else ", cut short")
+    line, byte = not_utf8
+    why = f"line {line}: " + (f"byte 0x{byte:02x} is not UTF-8" if byte is not None else "ends inside a character")
     if c1 is not None:
         raise ArgumentError(
-            f"{path} is neither UTF-8 ({where} is not UTF-8) nor ISO-8859-1 text (line {c1[0]}: byte "
-            f"0x{c1[1]:02x} is a control character in ISO-8859-1); save it as UTF-8, or pass {ENCODING_FLAG} with "
-            "its encoding (cp1252 for Windows-1252)."
+            f"{path} is neither UTF-8 ({why}) nor ISO-8859-1 text (line {c1[0]}: byte 0x{c1[1]:02x} is a control "
+            f"character in ISO-8859-1); save it as UTF-8, or pass {ENCODING_FLAG} with its encoding (cp1252 for "
+            "Windows-1252)."
         )
-    logger.info("Reading %s as ISO-8859-1 (not valid UTF-8: %s).", path, where)
+    logger.info("Reading %s as ISO-8859-1 (%s).", path, why)
     if looks_utf8 is not None:
         logger.warning(
-            "%s is read as ISO-8859-1 because %s is not UTF-8, but line %d looks like UTF-8: if the file is UTF-8, "
-            "fix that byte (or pass %s utf-8 to have every such line reported).",
-            path, where, looks_utf8, ENCODING_FLAG,
+            "%s is read as ISO-8859-1 (%s), but line %d looks like UTF-8: if the file is UTF-8, fix that byte (or "
+            "pass %s utf-8 to have every such line reported).",
+            path, why, looks_utf8, ENCODING_FLAG,
         )  # fmt: skip
     return "iso-8859-1"
 
@@ -272,7 +273,7 @@ class InputReader:
                 if error is None and CONTROL.search(text):
                     error = (
                         f"control characters, which {self.encoding} text does not hold: is the file in another "
-                        f"encoding (Windows-1252)? Pass {ENCODING_FLAG}."
+                        f"encoding (UTF-8, Windows-1252)? Pass {ENCODING_FLAG}"
                     )
                 if error is None and gold is None and self.require_labels:
                     error = (

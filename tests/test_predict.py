@@ -315,6 +315,43 @@ def test_bad_rows_stop_before_writing_or_are_skipped_and_counted(full_model_dir,
     assert [row["line"] for row in bad] == [2, 4]
 
 
+def test_encodings_utf8_and_iso_8859_1_with_no_flag_and_neither_exits_2(full_model_dir, phrasebank_dir, tmp_path,
+                                                                         capsys):
+    """A UTF-8 .txt (bare sentences and `sentence@label`) and the original ISO-8859-1 lines are scored with no
+    encoding flag, their text intact; a Windows-1252 file is one line on stderr, exit code 2, nothing written."""
+    utf8 = tmp_path / "news.txt"
+    lines = ["Operating profit rose to €5.2 million .@positive", "Sales in Jyväskylä fell – by 12 % .",
+             "Net sales grew – to EUR 3 million .@neutral"]  # fmt: skip
+    utf8.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run_main(predict_argv(full_model_dir, utf8, tmp_path / "utf8"))
+    assert [(row["text"], row["gold"]) for row in read_rows(tmp_path / "utf8")] == [
+        ("Operating profit rose to €5.2 million .", "positive"),
+        ("Sales in Jyväskylä fell – by 12 % .", None),
+        ("Net sales grew – to EUR 3 million .", "neutral"),
+    ]
+
+    original = (phrasebank_dir / "Sentences_AllAgree.txt").read_bytes().splitlines(keepends=True)
+    accented = [line for line in original if not line.isascii()][:12]
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"".join(accented))
+    run_main(predict_argv(full_model_dir, latin1, tmp_path / "latin1"))
+    expected = [line.decode("iso-8859-1").strip().rpartition("@") for line in accented]
+    assert [(row["text"], row["gold"]) for row in read_rows(tmp_path / "latin1")] == [
+        (text.strip(), label) for text, _, label in expected
+    ]
+
+    cp1252 = tmp_path / "quotes.txt"
+    cp1252.write_bytes("Profit rose .\nThe “new” plant opens .\n".encode("cp1252"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_prefix_tuning.cli([str(a) for a in predict_argv(full_model_dir, cp1252, tmp_path / "neither")])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {cp1252} is neither UTF-8 (line 2: byte 0x93")
+    assert errors[0].endswith("pass --file_encoding with its encoding (cp1252 for Windows-1252).")  # all of it
+    assert not (tmp_path / "neither").exists() or not any((tmp_path / "neither").iterdir())
+
+
 # --- resuming ---
 
 
