@@ -209,7 +209,7 @@ class DataTrainingArguments:
     train_file: str | None = field(
         default=None,
         metadata={
-            "help": "Training data: .txt in the Financial PhraseBank format (`sentence@label`, ISO-8859-1), or "
+            "help": "Training data: .txt in the Financial PhraseBank format (`sentence@label` per line), or "
             ".csv/.json/.jsonl with --text_column and --label_column."
         },
     )
@@ -269,8 +269,27 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Processes for tokenisation (default: one)."}
     )
     overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the tokenised datasets."})
+    file_encoding: str = field(
+        default="auto",
+        metadata={
+            "help": "Encoding of --train_file, --validation_file and --test_file. `auto`: UTF-8 when the whole file "
+            "is valid UTF-8, otherwise ISO-8859-1 (the original Financial PhraseBank files); or any encoding "
+            "Python knows (utf-8, iso-8859-1, cp1252, ...). `--test_file_encoding` is an old name of this flag.",
+            "aliases": ["--test_file_encoding"],
+        },
+    )
 
     def __post_init__(self):
+        import codecs
+
+        if self.file_encoding != "auto":
+            try:
+                codecs.lookup(self.file_encoding)
+            except LookupError:
+                raise ArgumentError(
+                    f"--file_encoding {self.file_encoding!r} is not an encoding Python knows; use auto, or e.g. "
+                    "utf-8, iso-8859-1, cp1252."
+                ) from None
         if (
             self.dataset_name is None
             and self.train_file is None
@@ -390,31 +409,14 @@ class PredictArguments:
             "another input or with other settings (without it such a run is refused)."
         },
     )
-    test_file_encoding: str | None = field(
-        default=None,
-        metadata={
-            "help": "Encoding of --test_file (default: ISO-8859-1 for .txt, as Financial PhraseBank; UTF-8 for "
-            ".csv/.json/.jsonl). A line that does not decode is a bad row."
-        },
-    )
 
     def __post_init__(self):
-        import codecs
-
         if self.predict_mode not in ("score", "generate"):
             raise ArgumentError(f"--predict_mode must be score or generate, got {self.predict_mode!r}.")
         if self.on_bad_row not in ("error", "skip"):
             raise ArgumentError(f"--on_bad_row must be error or skip, got {self.on_bad_row!r}.")
         if self.predict_chunk_size < 1:
             raise ArgumentError(f"--predict_chunk_size must be at least 1, got {self.predict_chunk_size}.")
-        if self.test_file_encoding is not None:
-            try:
-                codecs.lookup(self.test_file_encoding)
-            except LookupError:
-                raise ArgumentError(
-                    f"--test_file_encoding {self.test_file_encoding!r} is not an encoding Python knows "
-                    "(e.g. utf-8, iso-8859-1, cp1252)."
-                ) from None
 
 
 # --- end of batch prediction arguments ---

@@ -1,18 +1,19 @@
-"""Loading labelled sentences (Financial PhraseBank, local files, Hub datasets) and turning them into examples."""
+"""The splits to train and evaluate on: Financial PhraseBank, local files, Hub datasets; the held-out split.
+
+Files are read by `readers.py` (one reader for every format, also used by batch prediction).
+"""
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import logging
 import zipfile
 from collections import Counter
-from dataclasses import dataclass
 
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 
 from .arguments import ArgumentError, DataTrainingArguments
+from .readers import InputReader, LabelledData, collect, read_data_file, read_records
 
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,6 @@ __all__ = [
     "LabelledData",
     "load_financial_phrasebank",
     "get_datasets",
-    "parse_phrasebank_lines",
     "read_data_file",
     "stratified_split",
     "to_dataset_dict",
@@ -39,144 +39,6 @@ FINANCIAL_PHRASEBANK_CONFIGS = {
     "sentences_50agree": "Sentences_50Agree.txt",
 }
 FINANCIAL_PHRASEBANK_LABELS = ["negative", "neutral", "positive"]
-PHRASEBANK_ENCODING = "iso-8859-1"
-
-
-@dataclass
-class LabelledData:
-    """Texts and label words of one split, with the line (or row) each came from for error messages."""
-
-    texts: list[str]
-    labels: list[str | None]
-    lines: list[int]
-    source: str
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def head(self, count: int) -> LabelledData:
-        return LabelledData(self.texts[:count], self.labels[:count], self.lines[:count], self.source)
-
-    def to_dataset(self) -> Dataset:
-        return Dataset.from_dict({"text": self.texts, "label": self.labels, "line": self.lines})
-
-
-def parse_phrasebank_lines(raw: bytes, source: str, labels: list[str] | None) -> LabelledData:
-    """Parse the Financial PhraseBank format: one `sentence@label` per line, split on the *last* `@`.
-
-    The original files are ISO-8859-1 with CRLF line endings; both are handled here.
-    """
-    text = raw.decode(PHRASEBANK_ENCODING)
-    texts, out_labels, lines = [], [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line:
-            continue
-        sentence, sep, label = line.rpartition("@")
-        if not sep:
-            raise ArgumentError(f"{source}:{number}: no `@` separating sentence and label; expected `sentence@label`.")
-        sentence, label = sentence.strip(), label.strip()
-        if not sentence:
-            raise ArgumentError(f"{source}:{number}: empty sentence before the `@`.")
-        if labels is not None and label not in labels:
-            raise ArgumentError(
-                f"{source}:{number}: unknown label {label!r}; expected one of {', '.join(labels)} "
-                "(set --label_words to change the label set)."
-            )
-        texts.append(sentence)
-        out_labels.append(label)
-        lines.append(number)
-    if not texts:
-        raise ArgumentError(f"{source} holds no examples.")
-    return LabelledData(texts, out_labels, lines, source)
-
-
-def _label_word(value, labels: list[str] | None, where: str) -> str:
-    if isinstance(value, bool):
-        raise ArgumentError(f"{where}: label {value!r} is not a label word or class id.")
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit() and labels is not None):
-        index = int(value)
-        if labels is None:
-            raise ArgumentError(f"{where}: integer label {value}; pass --label_words to name the classes.")
-        if not 0 <= index < len(labels):
-            raise ArgumentError(f"{where}: class id {index} is outside 0..{len(labels) - 1} (--label_words).")
-        return labels[index]
-    word = str(value).strip()
-    if labels is not None and word not in labels:
-        raise ArgumentError(f"{where}: unknown label {word!r}; expected one of {', '.join(labels)}.")
-    return word
-
-
-def _rows_to_data(rows, path: str, args: DataTrainingArguments, labels: list[str] | None, first_line: int):
-    texts, out_labels, lines = [], [], []
-    for offset, row in enumerate(rows):
-        number = first_line + offset
-        where = f"{path}:{number}"
-        if not isinstance(row, dict):
-            raise ArgumentError(f"{where}: expected an object with {args.text_column!r} and {args.label_column!r}.")
-        if args.text_column not in row:
-            raise ArgumentError(
-                f"{where}: no column {args.text_column!r} (found: {', '.join(map(str, row))}); set --text_column."
-            )
-        if args.label_column not in row:
-            raise ArgumentError(
-                f"{where}: no column {args.label_column!r} (found: {', '.join(map(str, row))}); set --label_column."
-            )
-        text = str(row[args.text_column] or "").strip()
-        if not text:
-            raise ArgumentError(f"{where}: empty text in column {args.text_column!r}.")
-        texts.append(text)
-        out_labels.append(_label_word(row[args.label_column], labels, where))
-        lines.append(number)
-    if not texts:
-        raise ArgumentError(f"{path} holds no examples.")
-    return LabelledData(texts, out_labels, lines, path)
-
-
-def _decode_utf8(raw: bytes, path: str) -> str:
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise ArgumentError(
-            f"{path}:{line}: bytes that are not UTF-8; save csv/json files as UTF-8 (only .txt files in the "
-            "Financial PhraseBank format are read as ISO-8859-1)."
-        ) from None
-
-
-def read_data_file(path: str, args: DataTrainingArguments, labels: list[str] | None) -> LabelledData:
-    """Read one data file in any supported format; errors name the file and line."""
-    with open(path, "rb") as handle:
-        raw = handle.read()
-    if not raw.strip():
-        raise ArgumentError(f"{path} is empty.")
-    suffix = path.lower().rsplit(".", 1)[-1]
-    if suffix == "txt":
-        return parse_phrasebank_lines(raw, path, labels)
-    text = _decode_utf8(raw, path)
-    if suffix == "csv":
-        return _rows_to_data(csv.DictReader(io.StringIO(text)), path, args, labels, first_line=2)
-    if suffix == "jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((number, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ArgumentError(f"{path}:{number}: malformed JSON ({err.msg}).") from None
-        data = _rows_to_data([row for _, row in rows], path, args, labels, first_line=1)
-        data.lines = [number for number, _ in rows]
-        return data
-    try:
-        loaded = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ArgumentError(f"{path}:{err.lineno}: malformed JSON ({err.msg}).") from None
-    if isinstance(loaded, dict) and "data" in loaded:
-        loaded = loaded["data"]
-    if not isinstance(loaded, list):
-        raise ArgumentError(f'{path}: expected a JSON list of objects (or {{"data": [...]}}).')
-    return _rows_to_data(loaded, path, args, labels, first_line=1)
 
 
 def load_financial_phrasebank(
@@ -208,7 +70,9 @@ def load_financial_phrasebank(
     member = f"FinancialPhraseBank-v1.0/{FINANCIAL_PHRASEBANK_CONFIGS[config_name]}"
     with zipfile.ZipFile(archive) as zipped:
         raw = zipped.read(member)
-    return parse_phrasebank_lines(raw, f"{FINANCIAL_PHRASEBANK_REPO}:{member}", FINANCIAL_PHRASEBANK_LABELS)
+    name = f"{FINANCIAL_PHRASEBANK_REPO}:{member}"
+    reader = InputReader(name, FINANCIAL_PHRASEBANK_LABELS, require_labels=True, opener=lambda: io.BytesIO(raw))
+    return collect(reader, name)
 
 
 def _load_hub_dataset(args: DataTrainingArguments, model_cache_dir, token, labels):
@@ -227,12 +91,16 @@ def _load_hub_dataset(args: DataTrainingArguments, model_cache_dir, token, label
         split_labels = labels
         if split_labels is None and feature is not None and hasattr(feature, "names"):
             split_labels = list(feature.names)
-        out[split] = _rows_to_data(dataset, f"{args.dataset_name}[{split}]", args, split_labels, first_line=0)
+        out[split] = read_records(dataset, f"{args.dataset_name}[{split}]", args, split_labels, first_line=0)
     return out
 
 
 def stratified_split(data: LabelledData, percentage: float, seed: int) -> tuple[LabelledData, LabelledData]:
-    """Hold out `percentage` % of the examples, stratified by label (scikit-learn's algorithm, fixed seed)."""
+    """Hold out `percentage` % of the examples, stratified by label (scikit-learn's algorithm, fixed seed).
+
+    Not `datasets.Dataset.train_test_split(stratify_by_column=...)`: its own port of the algorithm holds out other
+    examples for the same seed (227 of Sentences_AllAgree, but not the ones every run so far was evaluated on).
+    """
     from sklearn.model_selection import train_test_split
 
     counts = Counter(data.labels)

@@ -3,31 +3,34 @@
     python run_prefix_tuning.py --model_name_or_path runs/quickstart --test_file news.txt --do_predict \\
         --output_dir runs/news
 
-The input is read twice, both times as a stream: a first pass checks every row (bad rows are reported with their
-line numbers before anything is written) and fingerprints the input; the second answers the rows a chunk at a time
-(split across processes, gathered on the main process) and appends them to `predictions.jsonl` as they come. A
-run that is interrupted (even by `kill -9`) and started again with the same command continues after the last
-complete row. Metrics, the confusion matrix and the optional CSV are computed from `predictions.jsonl` at the end,
-again as a stream, so memory does not grow with the number of rows.
+`predict()` runs four steps, each a function below, reading the input (through `readers.InputReader`, which has
+already checked its encoding in chunks) as a stream each time:
+
+1. `_scan`: check every row (bad rows are reported with their line numbers before anything is written) and
+   fingerprint the input;
+2. `_resume`: start `predictions.jsonl` afresh, or continue it after its last complete row when it was made from
+   the same input and settings (a run interrupted even by `kill -9` and started again with the same command);
+3. `_answer`: answer the rows a chunk at a time (split across processes, gathered on the main process) and append
+   them to `predictions.jsonl` as they come;
+4. `_finish`: compute the metrics, the confusion matrix and the optional CSV from `predictions.jsonl`, again as a
+   stream, so memory does not grow with the number of rows.
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
 import itertools
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .arguments import ArgumentError, DataTrainingArguments, ModelArguments, PredictArguments
-from .data import LabelledData
 from .metrics import confusion_metrics, normalise_answer, plot_confusion_matrix
+from .readers import InputReader, LabelledData, Row
 from .scoring import LabelScorer
 
 
@@ -39,9 +42,7 @@ __all__ = [
     "PREDICTIONS_CSV_FILE",
     "PREDICTIONS_FILE",
     "STATE_FILE",
-    "InputReader",
     "InputSummary",
-    "Row",
     "answer_rows",
     "predict",
     "save_confusion_matrix",
@@ -55,25 +56,7 @@ BAD_ROWS_FILE = "predict_bad_rows.jsonl"
 CONFUSION_MATRIX_FILE = "predict_confusion_matrix.png"
 NO_LABEL = "(no label)"  # generate mode: an answer that is none of the label words
 
-# A .txt line is `sentence@label` when the text after its last `@` is one word: a letter, then letters, digits,
-# `_` or `-` (so `mail@example.com` or `at @ 3 pm` are bare sentences); that word must then be a label word.
-TXT_LABEL = re.compile(r"[^\W\d_][\w-]*")
-# Control characters other than tab and line breaks: in ISO-8859-1 the bytes 0x80-0x9f decode to them, which in
-# practice means the file is UTF-8 or Windows-1252 (curly quotes, dashes, the euro sign), not ISO-8859-1.
-CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-# JSON may escape half of a UTF-16 surrogate pair on its own ("\ud800"): not a character, not writable as UTF-8.
-SURROGATE = re.compile("[\ud800-\udfff]")
 SHOWN_BAD_ROWS = 20
-
-
-@dataclass
-class Row:
-    """One input row: its line number (row number in a .json array, index in a Hub split), text and gold label."""
-
-    line: int
-    text: str
-    gold: str | None
-    error: str | None = None  # why the row is bad; None for a good row
 
 
 @dataclass
@@ -83,204 +66,6 @@ class InputSummary:
     labelled: int = 0  # good rows with a gold label
     first_bad: list[Row] = field(default_factory=list)
     digest: str = ""
-
-
-def _gold_label(value, labels: list[str]) -> tuple[str | None, str | None]:
-    """(label word, error) for a label cell or field: a label word, a class id, or empty for no label."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None, None
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        return None, f"label {value!r} is not a label word or class id"
-    if isinstance(value, int) or value.strip().isdigit():
-        index = int(value)
-        if not 0 <= index < len(labels):
-            return None, f"class id {index} is outside 0..{len(labels) - 1} (--label_words {','.join(labels)})"
-        return labels[index], None
-    word = value.strip()
-    if word not in labels:
-        return None, f"label {word!r} is not one of {', '.join(labels)}"
-    return word, None
-
-
-class InputReader:
-    """The rows of --test_file (.txt, .csv, .jsonl streamed; .json loaded whole) or of an in-memory split.
-
-    Iterating gives every row, good or bad, in input order; blank lines are not rows. Iterating again reads the
-    input again from the start.
-    """
-
-    def __init__(
-        self,
-        source: str | LabelledData,
-        labels: list[str],
-        text_column: str = "sentence",
-        label_column: str = "label",
-        encoding: str | None = None,
-    ):
-        self.source, self.labels = source, labels
-        self.text_column, self.label_column = text_column, label_column
-        if isinstance(source, str):
-            self.suffix = source.lower().rsplit(".", 1)[-1]
-            self.encoding = encoding or ("iso-8859-1" if self.suffix == "txt" else "utf-8")
-        else:
-            self.suffix, self.encoding = None, None
-        self.utf8_looking_lines = 0  # .txt read as ISO-8859-1: non-ASCII lines that are valid UTF-8
-
-    @property
-    def name(self) -> str:
-        return self.source if isinstance(self.source, str) else self.source.source
-
-    def __iter__(self) -> Iterator[Row]:
-        if isinstance(self.source, LabelledData):
-            for text, label, line in zip(self.source.texts, self.source.labels, self.source.lines):
-                gold, error = _gold_label(label, self.labels)
-                yield Row(line, text.strip(), gold, error or (None if text.strip() else "empty text"))
-        elif self.suffix == "txt":
-            yield from self._txt_rows()
-        elif self.suffix == "csv":
-            yield from self._csv_rows()
-        elif self.suffix == "jsonl":
-            yield from self._jsonl_rows()
-        else:
-            yield from self._json_rows()
-
-    def _decode(self, raw: bytes, number: int) -> tuple[str, str | None]:
-        if number == 1 and codecs.lookup(self.encoding).name == "utf-8":
-            raw = raw.removeprefix(codecs.BOM_UTF8)
-        try:
-            return raw.decode(self.encoding), None
-        except UnicodeDecodeError as err:
-            return raw.decode(self.encoding, "replace"), f"bytes that are not {self.encoding} ({err.reason})"
-
-    def _txt_rows(self) -> Iterator[Row]:
-        latin1 = codecs.lookup(self.encoding).name == "iso8859-1"
-        with open(self.source, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                line, error = self._decode(raw, number)
-                line = line.strip()
-                if not line:
-                    continue
-                if latin1 and not raw.isascii() and _is_utf8(raw):
-                    self.utf8_looking_lines += 1
-                sentence, sep, tail = line.rpartition("@")
-                text, gold = line, None
-                if sep and TXT_LABEL.fullmatch(tail.strip()):
-                    text, tail = sentence.strip(), tail.strip()
-                    gold, label_error = _gold_label(tail, self.labels)
-                    if label_error is not None:
-                        label_error += " (a .txt line whose text after the last `@` is one word is `sentence@label`)"
-                    error = error or label_error
-                    if not text:
-                        error = error or "empty text before the `@`"
-                if error is None and CONTROL.search(text):
-                    error = (
-                        f"control characters, which {self.encoding} text does not hold: is the file in another "
-                        "encoding (UTF-8, Windows-1252)? Pass --test_file_encoding."
-                    )
-                yield Row(number, text, gold, error)
-
-    def _object_row(self, number: int, item, error: str | None = None) -> Row:
-        if error is not None:
-            return Row(number, "", None, error)
-        if not isinstance(item, dict):
-            return Row(number, "", None, f"expected an object with {self.text_column!r}, got {type(item).__name__}")
-        if self.text_column not in item:
-            found = ", ".join(map(str, item)) or "nothing"
-            return Row(number, "", None, f"no field {self.text_column!r} (found: {found}); set --text_column")
-        value = item[self.text_column]
-        text = ("" if value is None else str(value)).strip()
-        gold, error = _gold_label(item.get(self.label_column), self.labels)
-        if not text:
-            error = f"empty text in {self.text_column!r}"
-        elif error is None and CONTROL.search(text):
-            error = "control characters in the text"
-        elif error is None and SURROGATE.search(text):
-            error = "a lone UTF-16 surrogate escape (\\ud800-\\udfff) in the text, which is no character"
-        return Row(number, text, gold, error)
-
-    def _jsonl_rows(self) -> Iterator[Row]:
-        with open(self.source, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                line, error = self._decode(raw, number)
-                if not line.strip():
-                    continue
-                item = None
-                if error is None:
-                    try:
-                        item = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        error = f"malformed JSON ({err.msg})"
-                yield self._object_row(number, item, error)
-
-    def _json_rows(self) -> Iterator[Row]:
-        # A JSON array cannot be streamed without a streaming parser: it is loaded whole. Use .jsonl for big inputs.
-        with open(self.source, "rb") as handle:
-            raw = handle.read()
-        try:
-            loaded = json.loads(raw.decode(self.encoding).removeprefix("\ufeff"))
-        except UnicodeDecodeError as err:
-            line = raw[: err.start].count(b"\n") + 1
-            raise ArgumentError(f"{self.source}:{line}: bytes that are not {self.encoding}.") from None
-        except json.JSONDecodeError as err:
-            raise ArgumentError(f"{self.source}:{err.lineno}: malformed JSON ({err.msg}).") from None
-        if isinstance(loaded, dict) and "data" in loaded:
-            loaded = loaded["data"]
-        if not isinstance(loaded, list):
-            raise ArgumentError(f'{self.source}: expected a JSON list of objects (or {{"data": [...]}}).')
-        for number, item in enumerate(loaded, start=1):
-            yield self._object_row(number, item)
-
-    def _csv_rows(self) -> Iterator[Row]:
-        undecodable: set[int] = set()
-        with open(self.source, "rb") as handle:
-
-            def lines() -> Iterator[str]:
-                for number, raw in enumerate(handle, start=1):
-                    line, error = self._decode(raw, number)
-                    if error is not None:
-                        undecodable.add(number)
-                    yield line
-
-            reader = csv.reader(lines())
-            try:
-                header = next(reader, None)
-                if header is None:
-                    raise ArgumentError(f"{self.source} is empty.")
-                header = [name.strip() for name in header]
-                if self.text_column not in header:
-                    raise ArgumentError(
-                        f"{self.source}:1: no column {self.text_column!r} (found: {', '.join(header)}); "
-                        "set --text_column."
-                    )
-                text_index = header.index(self.text_column)
-                label_index = header.index(self.label_column) if self.label_column in header else None
-                end = reader.line_num
-                for record in reader:
-                    start, end = end + 1, reader.line_num
-                    if not any(cell.strip() for cell in record):
-                        continue
-                    bad_bytes = any(number in undecodable for number in range(start, end + 1))
-                    undecodable.clear()  # csv.reader reads no further than the end of the record
-                    text = record[text_index].strip() if text_index < len(record) else ""
-                    label = record[label_index] if label_index is not None and label_index < len(record) else None
-                    gold, error = _gold_label(label, self.labels)
-                    if bad_bytes:
-                        error = f"bytes that are not {self.encoding}"
-                    elif not text:
-                        error = f"empty text in column {self.text_column!r}"
-                    elif error is None and CONTROL.search(text):
-                        error = "control characters in the text"
-                    yield Row(start, text, gold, error)
-            except csv.Error as err:
-                raise ArgumentError(f"{self.source}:{reader.line_num}: malformed CSV ({err}).") from None
-
-
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def scan_input(reader: InputReader, limit: int | None = None, bad_rows_path: str | None = None) -> InputSummary:
@@ -448,7 +233,7 @@ def _start_or_resume(output_dir: str, settings: dict, total: int, overwrite: boo
     return 0, None
 
 
-def _finish(output_dir: str, labels: list[str], mode: str, write_csv: bool) -> dict:
+def _summarise_predictions(output_dir: str, labels: list[str], mode: str, write_csv: bool) -> dict:
     """Read predictions.jsonl once: metrics and confusion matrix over the rows with a gold label, and the CSV."""
     columns = ["line", "text", "label", "gold"] + (
         [f"p_{label}" for label in labels] if mode == "score" else ["answer"]
@@ -517,39 +302,37 @@ def predict(
     `trainer` supplies the model, the label scorer, the processes (`trainer.accelerator`) and the batch size;
     `model_name` is --model_name_or_path as given (an adapter), `model_args` the model whose weights were loaded.
     """
-    from accelerate.utils import broadcast_object_list, gather_object
-    from tqdm.auto import tqdm
-
-    args, accelerator, scorer = trainer.args, trainer.accelerator, trainer.scorer
-    scorer.model = accelerator.unwrap_model(trainer.model)
-    main = accelerator.is_main_process
-    output_dir = args.output_dir
+    scorer = trainer.scorer
+    scorer.model = trainer.accelerator.unwrap_model(trainer.model)
     reader = InputReader(
         data_args.test_file if data_args.test_file is not None else test_data,
         scorer.labels,
         data_args.text_column,
         data_args.label_column,
-        predict_args.test_file_encoding,
+        data_args.file_encoding,
     )
     limit = data_args.max_predict_samples
-    skip = predict_args.on_bad_row == "skip"
+    summary = _scan(trainer, reader, limit, predict_args.on_bad_row)
+    settings = _settings(trainer, reader, summary, data_args, predict_args, model_args, model_name)
+    # A model trained in this very run is new: its predictions start afresh.
+    overwrite = predict_args.overwrite_predictions or trainer.args.do_train
+    done, rows = _resume(trainer, reader, limit, settings, summary.rows, overwrite)
+    answered, elapsed = _answer(trainer, rows, done, summary.rows, predict_args)
+    return _finish(trainer, settings, summary, answered, elapsed, done, predict_args)
+
+
+def _scan(trainer, reader: InputReader, limit: int | None, on_bad_row: str) -> InputSummary:
+    """Step 1: read every row before anything is written. Bad rows stop the run (--on_bad_row error), or are
+    listed in predict_bad_rows.jsonl and left out (skip)."""
+    main, output_dir = trainer.accelerator.is_main_process, trainer.args.output_dir
+    skip = on_bad_row == "skip"
     bad_rows_path = os.path.join(output_dir, BAD_ROWS_FILE)
     if main and skip:
         os.makedirs(output_dir, exist_ok=True)
     summary = scan_input(reader, limit, bad_rows_path if skip and main else None)
     logger.info(
-        "%s: %d rows to answer (%d with a gold label), %d bad.",
-        reader.name,
-        summary.rows,
-        summary.labelled,
-        summary.bad,
+        "%s: %d rows to answer (%d with a gold label), %d bad.", reader.name, summary.rows, summary.labelled, summary.bad
     )
-    if reader.utf8_looking_lines and main:
-        logger.warning(
-            "%s: %d line(s) with non-ASCII characters are valid UTF-8 but are read as %s (.txt default, as Financial "
-            "PhraseBank); if the file is UTF-8, pass --test_file_encoding utf-8.",
-            reader.name, reader.utf8_looking_lines, reader.encoding,
-        )  # fmt: skip
     if summary.bad:
         if not skip:
             raise ArgumentError(
@@ -559,9 +342,13 @@ def predict(
         logger.warning("%s\nThey are skipped (listed in %s).", _describe_bad_rows(reader, summary), bad_rows_path)
     elif main and os.path.isfile(bad_rows_path):
         os.remove(bad_rows_path)
+    return summary
 
-    num_beams = args.generation_num_beams or 1
-    settings = {
+
+def _settings(trainer, reader: InputReader, summary: InputSummary, data_args, predict_args, model_args, model_name):
+    """What the predictions are made from: a run resumes only predictions.jsonl made from the same."""
+    scorer, generate = trainer.scorer, predict_args.predict_mode == "generate"
+    return {
         "input": os.path.abspath(reader.name) if data_args.test_file is not None else reader.name,
         "input_digest": summary.digest,
         "model": model_name or model_args.model_name_or_path,
@@ -571,18 +358,26 @@ def predict(
         "task": scorer.task,
         "labels": scorer.labels,
         "predict_mode": predict_args.predict_mode,
-        "num_beams": num_beams if predict_args.predict_mode == "generate" else None,
+        "num_beams": (trainer.args.generation_num_beams or 1) if generate else None,
         "source_prefix": data_args.source_prefix,
         "prompt_template": data_args.prompt_template if scorer.task == "causal" else None,
         "max_source_length": data_args.max_source_length,
     }
-    # A model trained in this very run is new: its predictions start afresh.
-    overwrite = predict_args.overwrite_predictions or args.do_train
+
+
+def _resume(
+    trainer, reader: InputReader, limit: int | None, settings: dict, total: int, overwrite: bool
+) -> tuple[int, Iterator[Row]]:
+    """Step 2: start predictions.jsonl afresh or continue it (decided on the main process, told to the others).
+    Returns the rows already answered and the good rows still to answer, checked to follow on from the file."""
+    from accelerate.utils import broadcast_object_list
+
+    accelerator, output_dir = trainer.accelerator, trainer.args.output_dir
     decision = [None]
-    if main:
+    if accelerator.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
         try:
-            decision = [_start_or_resume(output_dir, settings, summary.rows, overwrite)]
+            decision = [_start_or_resume(output_dir, settings, total, overwrite)]
         except ArgumentError as err:
             decision = [err]
     if accelerator.num_processes > 1:
@@ -590,7 +385,6 @@ def predict(
     if isinstance(decision[0], ArgumentError):
         raise decision[0]
     done, last_line = decision[0]
-
     good_rows = (row for row in itertools.islice(reader, limit) if row.error is None)
     for index, row in enumerate(itertools.islice(good_rows, done)):
         if index == done - 1 and row.line != last_line:
@@ -598,19 +392,28 @@ def predict(
                 f"{PREDICTIONS_FILE} in {output_dir} does not match the input: its row {done} is line {last_line}, "
                 f"the input's is line {row.line}. Pass --overwrite_predictions to start again."
             )
+    return done, good_rows
 
+
+def _answer(
+    trainer, rows: Iterator[Row], done: int, total: int, predict_args: PredictArguments
+) -> tuple[int, float]:
+    """Step 3: answer the rows a chunk at a time, split across the processes, and append them (main process) to
+    predictions.jsonl in input order. Returns the rows answered and the seconds it took."""
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    args, accelerator, scorer = trainer.args, trainer.accelerator, trainer.scorer
+    main, mode, num_beams = accelerator.is_main_process, predict_args.predict_mode, args.generation_num_beams or 1
     chunk_size, batch_size = predict_args.predict_chunk_size, args.per_device_eval_batch_size
-    progress = tqdm(
-        total=summary.rows, initial=done, unit="rows", desc="Predicting", disable=not main or args.disable_tqdm
-    )
+    progress = tqdm(total=total, initial=done, unit="rows", desc="Predicting", disable=not main or args.disable_tqdm)
     started, answered = time.perf_counter(), 0
-    handle = open(os.path.join(output_dir, PREDICTIONS_FILE), "a", encoding="utf-8") if main else None
+    handle = open(os.path.join(args.output_dir, PREDICTIONS_FILE), "a", encoding="utf-8") if main else None
     try:
         # Chunks start at multiples of the chunk size, so a resumed run forms the same batches from there on.
         first = chunk_size - done % chunk_size if done % chunk_size else chunk_size
-        sizes = itertools.chain([first], itertools.repeat(chunk_size))
-        for size in sizes:
-            chunk = list(itertools.islice(good_rows, size))
+        for size in itertools.chain([first], itertools.repeat(chunk_size)):
+            chunk = list(itertools.islice(rows, size))
             if not chunk:
                 break
             # Batches of similar lengths waste less padding; they depend on the chunk only, not on the processes.
@@ -620,9 +423,7 @@ def predict(
                 answers = [
                     (index, out)
                     for batch in mine
-                    for index, out in zip(
-                        batch, answer_rows(scorer, [chunk[i] for i in batch], predict_args.predict_mode, num_beams)
-                    )
+                    for index, out in zip(batch, answer_rows(scorer, [chunk[i] for i in batch], mode, num_beams))
                 ]
             if accelerator.num_processes > 1:
                 answers = gather_object(answers)
@@ -636,16 +437,26 @@ def predict(
         progress.close()
         if handle is not None:
             handle.close()
-    elapsed = time.perf_counter() - started
+    return answered, time.perf_counter() - started
+
+
+def _finish(
+    trainer, settings: dict, summary: InputSummary, answered: int, elapsed: float, done: int, predict_args
+) -> dict:
+    """Step 4 (main process): mark predictions.jsonl complete and compute the metrics, confusion matrix and CSV from
+    it. Other processes return {}."""
+    accelerator, output_dir = trainer.accelerator, trainer.args.output_dir
     accelerator.wait_for_everyone()
-    if not main:
+    if not accelerator.is_main_process:
         return {}
     _write_json(os.path.join(output_dir, STATE_FILE), {"settings": settings, "rows": summary.rows, "complete": True})
     logger.info(
         "Answered %d rows in %.1f s (%.1f rows/s) on %d process(es); %d were already done.",
         answered, elapsed, answered / elapsed if elapsed else 0.0, accelerator.num_processes, done,
     )  # fmt: skip
-    metrics = _finish(output_dir, scorer.labels, predict_args.predict_mode, predict_args.predictions_csv)
+    metrics = _summarise_predictions(
+        output_dir, trainer.scorer.labels, predict_args.predict_mode, predict_args.predictions_csv
+    )
     metrics.update({"bad_rows_skipped": summary.bad, "mode": predict_args.predict_mode})
     if answered:
         metrics["rows_per_second"] = answered / elapsed

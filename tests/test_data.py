@@ -82,8 +82,11 @@ def test_integer_labels_are_named_by_label_words(tmp_path):
     "content, message",
     [
         (b"A sentence without a label\r\n", "data.txt:1: no `@`"),
-        (b"Fine sentence .@positive\r\nOther sentence .@bullish\r\n", "data.txt:2: unknown label 'bullish'"),
-        (b"@neutral\r\n", "data.txt:1: empty sentence"),
+        (
+            b"Fine sentence .@positive\r\nOther sentence .@bullish\r\n",
+            "data.txt:2: label 'bullish' is not one of negative, neutral, positive",
+        ),
+        (b"@neutral\r\n", "data.txt:1: empty text before the `@`"),
     ],
 )
 def test_bad_phrasebank_lines_name_file_and_line(tmp_path, content, message):

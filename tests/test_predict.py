@@ -26,7 +26,7 @@ from prefix_tuning_utils import cli as run_prefix_tuning
 from prefix_tuning_utils.arguments import ArgumentError, DataTrainingArguments
 from prefix_tuning_utils.metrics import classification_metrics, confusion_metrics
 from prefix_tuning_utils.modeling import TASK_SETTINGS_FILE
-from prefix_tuning_utils.predict import InputReader
+from prefix_tuning_utils.readers import InputReader
 from prefix_tuning_utils.scoring import LabelScorer
 from tests.conftest import REPO, tiny_t5_config
 
@@ -231,8 +231,7 @@ def test_txt_lines_are_labelled_only_when_they_end_in_at_one_word(tmp_path):
         "@neutral\n"  # empty text
         "Quotes \x93like this\x94 are Windows-1252\n".encode("iso-8859-1")  # control characters in ISO-8859-1
     )
-    rows = list(InputReader(str(path), LABELS))
-    assert [(r.line, r.text, r.gold, r.error is None) for r in rows] == [
+    expected = [
         (1, "Profit rose .", "positive", True),
         (2, "Write to ir@acme.com for the report .", None, True),
         (4, "Café sales fell", "negative", True),
@@ -240,14 +239,19 @@ def test_txt_lines_are_labelled_only_when_they_end_in_at_one_word(tmp_path):
         (6, "", "neutral", False),
         (7, "Quotes \x93like this\x94 are Windows-1252", None, False),
     ]
+    # Not UTF-8 and, with 0x93/0x94, not ISO-8859-1 text either: `auto` refuses the file (tests/test_readers.py);
+    # forced to ISO-8859-1, the line with control characters is a bad row.
+    rows = list(InputReader(str(path), LABELS, encoding="iso-8859-1"))
+    assert [(r.line, r.text, r.gold, r.error is None) for r in rows] == expected
     assert "label 'analyst' is not one of negative, neutral, positive" in rows[3].error
-    assert "--test_file_encoding" in rows[5].error
+    assert "--file_encoding" in rows[5].error
+    path.write_bytes(path.read_bytes().rsplit(b"\n", 2)[0] + b"\n")  # without the Windows-1252 line: ISO-8859-1
+    rows = list(InputReader(str(path), LABELS))
+    assert [(r.line, r.text, r.gold, r.error is None) for r in rows] == expected[:-1]
     utf8 = tmp_path / "utf8.txt"
     utf8.write_text("Café sales fell .\n", encoding="utf-8")
     assert [r.text for r in InputReader(str(utf8), LABELS, encoding="utf-8")] == ["Café sales fell ."]
-    reader = InputReader(str(utf8), LABELS)
-    list(reader)
-    assert reader.utf8_looking_lines == 1  # read as ISO-8859-1, so predict() warns
+    assert [r.text for r in InputReader(str(utf8), LABELS)] == ["Café sales fell ."]  # auto: valid UTF-8
 
 
 def test_csv_jsonl_json_rows_and_their_line_numbers(tmp_path):
@@ -256,7 +260,7 @@ def test_csv_jsonl_json_rows_and_their_line_numbers(tmp_path):
         b'id,sentence,label\n1,Profit rose .,positive\n2,"A sentence\nover two lines",0\n3,No label here .,\n'
         b"4,,neutral\n5,Bad \xff byte,neutral\n6,Unknown label .,bullish\n"
     )
-    rows = list(InputReader(str(csv_path), LABELS))
+    rows = list(InputReader(str(csv_path), LABELS, encoding="utf-8"))
     assert [(r.line, r.text, r.gold) for r in rows if r.error is None] == [
         (2, "Profit rose .", "positive"),
         (3, "A sentence\nover two lines", "negative"),
@@ -267,6 +271,8 @@ def test_csv_jsonl_json_rows_and_their_line_numbers(tmp_path):
         (7, "bytes that are not utf-8"),
         (8, "label 'bullish' is not one of negative, neutral, positive"),
     ]
+    # With `auto`, a file that is not valid UTF-8 (the 0xff) is ISO-8859-1, where 0xff is `ÿ`.
+    assert [(r.line, r.text) for r in InputReader(str(csv_path), LABELS) if r.line == 7] == [(7, "Bad ÿ byte")]
     jsonl_path = tmp_path / "in.jsonl"
     jsonl_path.write_text(
         '{"sentence": "Profit rose .", "label": "positive"}\n\n{"sentence": "No label ."}\n{"sentence": \n'
@@ -307,6 +313,43 @@ def test_bad_rows_stop_before_writing_or_are_skipped_and_counted(full_model_dir,
     assert results["predict_labelled_rows"] == 1
     bad = [json.loads(line) for line in (tmp_path / "skip" / "predict_bad_rows.jsonl").read_text().splitlines()]
     assert [row["line"] for row in bad] == [2, 4]
+
+
+def test_encodings_utf8_and_iso_8859_1_with_no_flag_and_neither_exits_2(full_model_dir, phrasebank_dir, tmp_path,
+                                                                         capsys):
+    """A UTF-8 .txt (bare sentences and `sentence@label`) and the original ISO-8859-1 lines are scored with no
+    encoding flag, their text intact; a Windows-1252 file is one line on stderr, exit code 2, nothing written."""
+    utf8 = tmp_path / "news.txt"
+    lines = ["Operating profit rose to €5.2 million .@positive", "Sales in Jyväskylä fell – by 12 % .",
+             "Net sales grew – to EUR 3 million .@neutral"]  # fmt: skip
+    utf8.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run_main(predict_argv(full_model_dir, utf8, tmp_path / "utf8"))
+    assert [(row["text"], row["gold"]) for row in read_rows(tmp_path / "utf8")] == [
+        ("Operating profit rose to €5.2 million .", "positive"),
+        ("Sales in Jyväskylä fell – by 12 % .", None),
+        ("Net sales grew – to EUR 3 million .", "neutral"),
+    ]
+
+    original = (phrasebank_dir / "Sentences_AllAgree.txt").read_bytes().splitlines(keepends=True)
+    accented = [line for line in original if not line.isascii()][:12]
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"".join(accented))
+    run_main(predict_argv(full_model_dir, latin1, tmp_path / "latin1"))
+    expected = [line.decode("iso-8859-1").strip().rpartition("@") for line in accented]
+    assert [(row["text"], row["gold"]) for row in read_rows(tmp_path / "latin1")] == [
+        (text.strip(), label) for text, _, label in expected
+    ]
+
+    cp1252 = tmp_path / "quotes.txt"
+    cp1252.write_bytes("Profit rose .\nThe “new” plant opens .\n".encode("cp1252"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_prefix_tuning.cli([str(a) for a in predict_argv(full_model_dir, cp1252, tmp_path / "neither")])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {cp1252} is neither UTF-8 (line 2: byte 0x93")
+    assert errors[0].endswith("pass --file_encoding with its encoding (cp1252 for Windows-1252).")  # all of it
+    assert not (tmp_path / "neither").exists() or not any((tmp_path / "neither").iterdir())
 
 
 # --- resuming ---

@@ -50,11 +50,11 @@ def bad_input_cases(tmp_path, tiny_t5_dir):
                 "--label_words",
                 "negative,neutral,positive",
             ],
-            "lab.txt:2: unknown label 'bullish'",
+            "lab.txt:2: label 'bullish' is not one of negative, neutral, positive",
         ),
-        "undecodable bytes": (
-            ["--train_file", write(tmp_path / "bad.csv", b"sentence,label\nna\xefve \xff,neutral\n")],
-            "bad.csv:2: bytes that are not UTF-8",
+        "undecodable bytes": (  # neither UTF-8 nor ISO-8859-1 text (Windows-1252 quotes); na\xefve alone is ISO-8859-1
+            ["--train_file", write(tmp_path / "bad.csv", b"sentence,label\nna\xefve \x93quote\x94,neutral\n")],
+            "bad.csv is neither UTF-8 (line 2: byte 0xef is not UTF-8) nor ISO-8859-1 text",
         ),
         "missing column": (
             ["--train_file", write(tmp_path / "col.csv", "text,label\nUp,positive\n")],
