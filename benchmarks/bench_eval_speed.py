@@ -13,9 +13,7 @@ held out by the recipe's stratified 10 % split with seed 42, in batches of the r
 Two algorithms score the same batches with the same model:
 
 * before: one whole forward of prompt + answer per label (the implementation up to 2026-12, kept here verbatim);
-* after: `LabelScorer.log_scores`, the prompt once and every label continued from its key/value cache, batched;
-  shown both with the batch padded as one (`length_group_slack=None`) and with its rows in groups of similar
-  length (the default), to tell the two savings apart.
+* after: `LabelScorer.log_scores`, the prompt once and every label continued from its key/value cache, batched.
 
 They alternate within one run (before, after, before, after, ...) and the fastest of each is kept, so both meet the
 same load from other processes. The script also checks that both give the same scores (within 1e-4) and labels.
@@ -117,22 +115,12 @@ def main() -> None:
 
     import torch
 
-    from prefix_tuning_utils.scoring import LabelScorer
-
     with tempfile.TemporaryDirectory(prefix="bench_eval_speed_") as output_dir:
         scorer, texts, batch_size = load_recipe(output_dir)
     texts = texts[: args.limit] if args.limit else texts
-    def one_padded_batch(chunk):
-        scorer.length_group_slack = None
-        try:
-            return scorer.log_scores(chunk)
-        finally:
-            scorer.length_group_slack = LabelScorer.length_group_slack
-
     variants = {
         "before: one forward per label": lambda chunk: before(scorer, chunk),
-        "after, without length groups: prompt once, labels from its cache": one_padded_batch,
-        "after: the same, rows in groups of similar length": scorer.log_scores,
+        "after: prompt once, labels from its cache": scorer.log_scores,
     }
     times = {name: [] for name in variants}
     results = {}
@@ -142,7 +130,7 @@ def main() -> None:
             results[name], seconds = score_all(function, scorer, texts, batch_size)
             times[name].append(seconds)
             print(f"round {round_ + 1}: {name}: {seconds:.1f} s", flush=True)
-    old, _, new = results.values()
+    old, new = results.values()
     difference = (old - new).abs().max().item()
     same_labels = torch.equal(old.argmax(dim=1), new.argmax(dim=1))
     if difference > 1e-4 or not same_labels:
