@@ -31,8 +31,6 @@ class LabelScorer:
     the softmax of those scores over the label set, so every input gets a valid label.
     """
 
-    length_group_slack: float | None = 1.25  # see _length_groups
-
     def __init__(self, model, tokenizer, labels: list[str], data_args: DataTrainingArguments, task: str):
         self.model, self.tokenizer, self.labels, self.data_args, self.task = model, tokenizer, labels, data_args, task
         if task == "seq2seq":
@@ -44,7 +42,7 @@ class LabelScorer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _encode(self, texts: list[str], padding_side: str = "right", padding: bool = True):
+    def _encode(self, texts: list[str], padding_side: str = "right"):
         if self.task == "seq2seq":
             inputs = [seq2seq_source(self.data_args, text) for text in texts]
         else:
@@ -55,8 +53,8 @@ class LabelScorer:
                 inputs,
                 max_length=self.data_args.max_source_length,
                 truncation=True,
-                padding=padding,
-                **({"return_tensors": "pt"} if padding else {}),
+                padding=True,
+                return_tensors="pt",
             ).to(self.device)
         finally:
             self.tokenizer.padding_side = previous
@@ -85,42 +83,18 @@ class LabelScorer:
         * decoder-only: one pass over the (right-padded) prompt, then its cache is repeated once per label and
           the answers continue each row from its own length, numbered as if they followed the prompt directly.
 
-        The rows are scored in groups of similar length (``_length_groups``), each group in one batch. The adapter
-        (prefix, prompt tuning, LoRA, ``--prefix_scope all``) takes part in the first pass exactly as in training
-        and lives on in the cache. The scores equal those of one whole forward per label (within float rounding;
-        tests/test_scoring.py).
+        The adapter (prefix, prompt tuning, LoRA, ``--prefix_scope all``) takes part in the first pass exactly as
+        in training and lives on in the cache. The scores equal those of one whole forward per label (within
+        float rounding; tests/test_scoring.py).
         """
         was_training = self.model.training
         self.model.eval()
-        scores = torch.empty(len(texts), len(self.answers))
         try:
-            for rows in self._length_groups(texts):
-                batch = self._encode([texts[i] for i in rows])
-                group = self._seq2seq_scores(batch) if self.task == "seq2seq" else self._causal_scores(batch)
-                scores[rows] = group.float().cpu()
+            batch = self._encode(texts)
+            scores = self._seq2seq_scores(batch) if self.task == "seq2seq" else self._causal_scores(batch)
         finally:
             self.model.train(was_training)
-        return scores
-
-    def _length_groups(self, texts: list[str]) -> list[list[int]]:
-        """The rows of a batch in groups of similar length in tokens, so that little of each forward is padding.
-
-        Rows sorted by length are cut greedily: a group grows while its padded size stays within
-        ``length_group_slack`` times its real tokens. With ``length_group_slack=None``, one group in input order.
-        """
-        if self.length_group_slack is None or len(texts) < 2:
-            return [list(range(len(texts)))]
-        lengths = [len(ids) for ids in self._encode(texts, padding=False)["input_ids"]]
-        order = sorted(range(len(texts)), key=lengths.__getitem__)
-        groups, tokens = [[order[0]]], lengths[order[0]]
-        for i in order[1:]:
-            if (len(groups[-1]) + 1) * lengths[i] <= self.length_group_slack * (tokens + lengths[i]):
-                groups[-1].append(i)
-                tokens += lengths[i]
-            else:
-                groups.append([i])
-                tokens = lengths[i]
-        return groups
+        return scores.float().cpu()
 
     def _padded_answers(self, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The label words' token ids right-padded to one width, and the mask of their real tokens."""

@@ -146,14 +146,9 @@ def test_seq2seq_scores_do_not_depend_on_the_batch(tokenizer, t5_base_state):
     model = _adapted(_t5(tokenizer, t5_base_state), "prefix", TaskType.SEQ_2_SEQ_LM, num_layers=2, token_dim=32,
                      num_attention_heads=4)  # fmt: skip
     scorer = LabelScorer(model, tokenizer, LABELS, DataTrainingArguments(test_file=str(QUICKSTART)), "seq2seq")
-    groups = scorer._length_groups(TEXTS)
-    assert sorted(i for group in groups for i in group) == list(range(len(TEXTS))) and len(groups) > 1
     together = scorer.log_scores(TEXTS)
     alone = torch.cat([scorer.log_scores([text]) for text in TEXTS])
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
-    scorer.length_group_slack = None  # the whole batch at once, padded to its longest row
-    assert scorer._length_groups(TEXTS) == [list(range(len(TEXTS)))]
-    torch.testing.assert_close(scorer.log_scores(TEXTS), together, rtol=0, atol=1e-5)
     assert not model.training
 
 
