@@ -51,6 +51,7 @@ from peft import PeftModel, PeftType
 from safetensors.torch import load_file, save_file
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP  # noqa: N817 - the usual name
 from torch.distributed.tensor import DTensor
+from tqdm.auto import tqdm
 from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -363,6 +364,10 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
         batch_size = self.args.per_device_eval_batch_size
         with self.accelerator.split_between_processes(list(range(len(texts)))) as indices:
             answers = []
+            progress = tqdm(  # its own bar: the evaluation loss's bar ends before the answering starts
+                total=len(indices), unit="rows", desc="Scoring labels" if self.eval_mode == "score" else "Answering",
+                disable=self.args.disable_tqdm or not self.is_local_process_zero(), leave=False,
+            )  # fmt: skip
             for start in range(0, len(indices), batch_size):
                 chunk = [texts[i] for i in indices[start : start + batch_size]]
                 if self.eval_mode == "score":
@@ -370,6 +375,8 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
                     answers.extend(self.scorer.labels[i] for i in best.tolist())
                 else:
                     answers.extend(self.scorer.generate(chunk, num_beams=self.args.generation_num_beams or 1))
+                progress.update(len(chunk))
+            progress.close()
         # split_between_processes gives contiguous chunks in rank order, so gathering restores the input order.
         return gather_object(answers) if self.accelerator.num_processes > 1 else answers
 
