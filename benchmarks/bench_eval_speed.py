@@ -28,12 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_quality import GGUF_NAME, RECIPE, data_file, gguf_folder, recipe_flags
+from common import machine_line, write_readme_block
+
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from benchmarks.bench_quality import GGUF_NAME, RECIPE, data_file, gguf_folder, recipe_flags  # noqa: E402
-from benchmarks.common import machine_line, write_readme_block  # noqa: E402
 
 
 def load_recipe(output_dir: str):

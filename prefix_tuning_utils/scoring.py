@@ -59,18 +59,6 @@ class LabelScorer:
         finally:
             self.tokenizer.padding_side = previous
 
-    @property
-    def encoder_is_shared(self) -> bool:
-        """True when the encoder's output does not depend on the answer, so it can be computed once per batch.
-
-        Holds for seq2seq models, plain or with a prefix (which lives in the decoder) or LoRA; not for prompt
-        tuning, whose virtual tokens peft prepends to the encoder input inside its own forward.
-        """
-        if self.task != "seq2seq":
-            return False
-        config = getattr(self.model, "active_peft_config", None)
-        return config is None or not config.is_prompt_learning or config.peft_type == PeftType.PREFIX_TUNING
-
     @torch.no_grad()
     def log_scores(self, texts: list[str]) -> torch.Tensor:
         """Summed log-probability of each label's tokens, shape (len(texts), len(labels)), float32 on CPU.

@@ -151,7 +151,9 @@ def one_forward_per_label(model, scorer: LabelScorer, texts: list[str]) -> torch
 
 
 @pytest.mark.parametrize("method", ["none", "prefix", "lora", "prompt"])
-def test_shared_encoder_scores_equal_one_forward_per_label(tokenizer, method):
+def test_label_scores_equal_one_forward_per_label(tokenizer, method):
+    """The cached scorer (one pass over the input, every label continued from its cache) against the original rank
+    classification; equal within 1e-5 (the float sums run in another order, so not bit for bit)."""
     torch.manual_seed(0)
     model = T5ForConditionalGeneration(tiny_t5_config(len(tokenizer)))
     if method != "none":
@@ -164,9 +166,8 @@ def test_shared_encoder_scores_equal_one_forward_per_label(tokenizer, method):
         model = get_peft_model(model, config)
     model.eval()
     scorer = LabelScorer(model, tokenizer, LABELS, DataTrainingArguments(test_file=str(QUICKSTART)), "seq2seq")
-    assert scorer.encoder_is_shared == (method != "prompt")
     texts = [text for text, _ in quickstart_rows()[:24]]
-    assert torch.equal(scorer.log_scores(texts), one_forward_per_label(model, scorer, texts))
+    torch.testing.assert_close(scorer.log_scores(texts), one_forward_per_label(model, scorer, texts), rtol=0, atol=1e-5)
 
 
 # --- loading: an adapter folder or Hub id, with the label words and input format saved next to it ---
