@@ -238,9 +238,12 @@ class PrefixClassifier:
                 raise ValueError(f"Input {index} is empty: there is nothing to classify.")
         return texts
 
-    def answer_batch(self, texts: list[str]) -> list[list[dict]]:
+    def answer_batch(self, texts: list[str], with_scores: bool = True) -> list[list[dict]]:
         """One batch, as it goes through the model: for each text, its labels best first (score mode) or the
-        one answer it wrote (generate mode). Texts are used as they are (no checks, no stripping)."""
+        one answer it wrote (generate mode). Texts are used as they are (no checks, no stripping).
+
+        This is the one answering path: `--do_predict` and evaluation call it too. ``with_scores=False`` skips the
+        extra scoring pass of generate mode (``score`` is then None), for callers that keep only the answer."""
         if self.mode == "score":
             probabilities = self.scorer.probabilities(texts).tolist()
             return [
@@ -252,12 +255,17 @@ class PrefixClassifier:
             ]
         words = {normalise_answer(label): index for index, label in enumerate(self.labels)}
         answers = self.scorer.generate(texts, num_beams=self.num_beams)
-        written = torch.exp(self.scorer.log_scores(texts)).tolist()  # P(the model writes label + end of sequence)
+        if with_scores:  # P(the model writes the label + end of sequence)
+            written = torch.exp(self.scorer.log_scores(texts)).tolist()
+        else:
+            written = [None] * len(texts)
         out = []
         for answer, probs in zip(answers, written):
             index = words.get(normalise_answer(answer))
             if index is None:
-                out.append([{"label": None, "score": max(0.0, 1.0 - sum(probs)), "answer": answer}])
+                score = None if probs is None else max(0.0, 1.0 - sum(probs))
+                out.append([{"label": None, "score": score, "answer": answer}])
             else:
-                out.append([{"label": self.labels[index], "score": probs[index], "answer": answer}])
+                out.append([{"label": self.labels[index], "score": None if probs is None else probs[index],
+                             "answer": answer}])  # fmt: skip
         return out

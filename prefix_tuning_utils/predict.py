@@ -29,7 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .arguments import ArgumentError, DataTrainingArguments, ModelArguments, PredictArguments
-from .metrics import confusion_metrics, normalise_answer, plot_confusion_matrix
+from .classifier import PrefixClassifier
+from .metrics import confusion_metrics, plot_confusion_matrix
 from .readers import InputReader, LabelledData, Row
 from .scoring import LabelScorer
 
@@ -103,33 +104,19 @@ def _describe_bad_rows(reader: InputReader, summary: InputSummary) -> str:
 
 
 def answer_rows(scorer: LabelScorer, rows: list[Row], mode: str, num_beams: int = 1) -> list[dict]:
-    """The output rows of one batch: predicted label and per-label probabilities (score) or the answer (generate)."""
-    texts = [row.text for row in rows]
+    """The output rows of one batch, answered by `PrefixClassifier` (the API's own path): the predicted label and
+    every label's probability (score), or the label and the answer the model wrote (generate)."""
+    classifier = PrefixClassifier(scorer, mode, batch_size=max(1, len(rows)), num_beams=num_beams)
+    answered = classifier.answer_batch([row.text for row in rows], with_scores=False)
     out = []
-    if mode == "score":
-        probabilities = scorer.probabilities(texts)
-        for row, probs, best in zip(rows, probabilities.tolist(), probabilities.argmax(dim=1).tolist()):
-            out.append(
-                {
-                    "line": row.line,
-                    "text": row.text,
-                    "label": scorer.labels[best],
-                    "probabilities": dict(zip(scorer.labels, probs)),
-                    "gold": row.gold,
-                }
-            )
-        return out
-    words = {normalise_answer(label): label for label in scorer.labels}
-    for row, answer in zip(rows, scorer.generate(texts, num_beams=num_beams)):
-        out.append(
-            {
-                "line": row.line,
-                "text": row.text,
-                "label": words.get(normalise_answer(answer)),
-                "answer": answer,
-                "gold": row.gold,
-            }
-        )
+    for row, ranked in zip(rows, answered):
+        best = ranked[0]
+        if mode == "score":
+            scores = {item["label"]: item["score"] for item in ranked}
+            result = {"label": best["label"], "probabilities": {label: scores[label] for label in scorer.labels}}
+        else:
+            result = {"label": best["label"], "answer": best["answer"]}
+        out.append({"line": row.line, "text": row.text, **result, "gold": row.gold})
     return out
 
 

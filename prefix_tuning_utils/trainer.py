@@ -57,6 +57,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .all_layer_prefix import get_all_layer_prefix
 from .arguments import ArgumentError
+from .classifier import PrefixClassifier
 from .data import LabelledData
 from .encoder_cache import INDEX_COLUMN, EncoderOutputCache, encoder_dropout_off
 from .metrics import classification_metrics
@@ -368,13 +369,13 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
                 total=len(indices), unit="rows", desc="Scoring labels" if self.eval_mode == "score" else "Answering",
                 disable=self.args.disable_tqdm or not self.is_local_process_zero(), leave=False,
             )  # fmt: skip
+            classifier = PrefixClassifier(  # the API's answering path, on the model being trained
+                self.scorer, self.eval_mode, batch_size, num_beams=self.args.generation_num_beams or 1
+            )
             for start in range(0, len(indices), batch_size):
                 chunk = [texts[i] for i in indices[start : start + batch_size]]
-                if self.eval_mode == "score":
-                    best = self.scorer.log_scores(chunk).argmax(dim=1)
-                    answers.extend(self.scorer.labels[i] for i in best.tolist())
-                else:
-                    answers.extend(self.scorer.generate(chunk, num_beams=self.args.generation_num_beams or 1))
+                for ranked in classifier.answer_batch(chunk, with_scores=False):
+                    answers.append(ranked[0]["label"] if self.eval_mode == "score" else ranked[0]["answer"])
                 progress.update(len(chunk))
             progress.close()
         # split_between_processes gives contiguous chunks in rank order, so gathering restores the input order.
