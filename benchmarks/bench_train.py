@@ -269,7 +269,7 @@ def table(best: dict[str, dict]) -> str:
         f"**{speed['ours'] / speed['baseline']:.2f}x**; cached / ours: {speed['cached'] / speed['ours']:.2f}x; "
         f"padding efficiency of ours **{ours['padding_efficiency']:.3f}** (baseline {base['padding_efficiency']:.3f}); "
         f"train loss of ours vs baseline: {100 * gap:.1f} % apart, cached {cached['loss']:.4f} (its encoder dropout "
-        "is off)."
+        "is off).",
     ]
     return "\n".join(lines)
 

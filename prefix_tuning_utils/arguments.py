@@ -492,7 +492,11 @@ def _refuse_unknown(parser: HfArgumentParser, cli: list[str]) -> None:
         if arg.startswith("-"):
             flag = arg.split("=", 1)[0]
             close = difflib.get_close_matches(flag, parser._option_string_actions, n=1)
-            hint = f"did you mean {parser._option_string_actions[close[0]].option_strings[0]}?" if close else "see --help."
+            hint = (
+                f"did you mean {parser._option_string_actions[close[0]].option_strings[0]}?"
+                if close
+                else "see --help."
+            )
             raise ArgumentError(f"unknown flag {flag}; {hint}")
     if rest:
         raise ArgumentError(

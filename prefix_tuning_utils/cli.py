@@ -143,7 +143,9 @@ def resolve_and_validate(argv: list[str]) -> Run:
         config = get_model_config(model_args)
     # fp16 can also come from the accelerate config (mixed_precision: fp16) without --fp16.
     task = check_model_config(config, fp16=training_args.fp16 or training_args.mixed_precision == "fp16")
-    with hub_step(f"loading the tokenizer of {model_args.tokenizer_name or model_args.model_name_or_path}", MODEL_ADVICE):
+    with hub_step(
+        f"loading the tokenizer of {model_args.tokenizer_name or model_args.model_name_or_path}", MODEL_ADVICE
+    ):
         tokenizer = get_tokenizer(model_args, task)
     check_scope_supported(config, prefix_args.prefix_scope)
     with hub_step(f"downloading the dataset {data_args.dataset_name}", DATA_ADVICE):
@@ -255,9 +257,7 @@ def evaluate(trainer, eval_samples: int) -> list:
 
 def predict_test(trainer, run: Run) -> None:
     logger.info("*** Predict ***")
-    metrics = predict(
-        trainer, run.data_args, run.predict_args, run.model_args, run.splits.get("test"), run.model_name
-    )
+    metrics = predict(trainer, run.data_args, run.predict_args, run.model_args, run.splits.get("test"), run.model_name)
     trainer.log_metrics("predict", {key: value for key, value in metrics.items() if not isinstance(value, dict)})
     trainer.save_metrics("predict", metrics)
 
@@ -290,7 +290,9 @@ def main(argv: list[str] | None = None):
         return hub.push_only(argv)
     run = resolve_and_validate(argv)
     args = run.training_args
-    checkpoint = prepare_output_dir(args.output_dir, args.do_train, args.overwrite_output_dir, args.resume_from_checkpoint)
+    checkpoint = prepare_output_dir(
+        args.output_dir, args.do_train, args.overwrite_output_dir, args.resume_from_checkpoint
+    )
     set_seed(args.seed)
 
     model, parameters = build_run_model(run, checkpoint)

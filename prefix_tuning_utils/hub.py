@@ -82,7 +82,13 @@ CHECKPOINT_PATTERNS = ADAPTER_FILES + TOKENIZER_FILES  # a checkpoint's adapter,
 # What `resume_from_checkpoint` needs besides the adapter; never training_args.bin (a pickle of the arguments).
 CHECKPOINT_STATE_PATTERNS = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
 SCRIPT = "run_prefix_tuning.py"
-TRAINING_ARGUMENTS = (ModelArguments, DataTrainingArguments, PrefixArguments, PredictArguments, PrefixTrainingArguments)
+TRAINING_ARGUMENTS = (
+    ModelArguments,
+    DataTrainingArguments,
+    PrefixArguments,
+    PredictArguments,
+    PrefixTrainingArguments,
+)
 
 
 class PushError(RuntimeError):
@@ -185,7 +191,11 @@ def _select(folder: str | os.PathLike, patterns: tuple[str, ...]) -> list[str]:
     """The top-level files of `folder` that the allow patterns match (never a subfolder: checkpoints stay out)."""
     from huggingface_hub.utils import filter_repo_objects
 
-    names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))) if os.path.isdir(folder) else []
+    names = (
+        sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)))
+        if os.path.isdir(folder)
+        else []
+    )
     return list(filter_repo_objects(names, allow_patterns=list(patterns)))
 
 

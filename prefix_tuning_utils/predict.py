@@ -318,7 +318,11 @@ def _scan(trainer, reader: InputReader, limit: int | None, on_bad_row: str) -> I
         os.makedirs(output_dir, exist_ok=True)
     summary = scan_input(reader, limit, bad_rows_path if skip and main else None)
     logger.info(
-        "%s: %d rows to answer (%d with a gold label), %d bad.", reader.name, summary.rows, summary.labelled, summary.bad
+        "%s: %d rows to answer (%d with a gold label), %d bad.",
+        reader.name,
+        summary.rows,
+        summary.labelled,
+        summary.bad,
     )
     if summary.bad:
         if not skip:
@@ -382,9 +386,7 @@ def _resume(
     return done, good_rows
 
 
-def _answer(
-    trainer, rows: Iterator[Row], done: int, total: int, predict_args: PredictArguments
-) -> tuple[int, float]:
+def _answer(trainer, rows: Iterator[Row], done: int, total: int, predict_args: PredictArguments) -> tuple[int, float]:
     """Step 3: answer the rows a chunk at a time, split across the processes, and append them (main process) to
     predictions.jsonl in input order. Returns the rows answered and the seconds it took."""
     from accelerate.utils import gather_object

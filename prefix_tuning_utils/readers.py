@@ -393,4 +393,3 @@ def read_records(records: Iterable[dict], source: str, args, labels: list[str] |
         for number, item in enumerate(records, start=first_line)
     )
     return collect(rows, source)
-

@@ -39,7 +39,10 @@ CASES = {
     "llama-prefix": ("tiny_llama_dir", ["--prompt_template", "Text: {text}\nLabel:", "--max_steps", "4"]),
     "llama-prompt": ("tiny_llama_dir", ["--tuning_method", "prompt", "--max_steps", "4"]),
     "llama-lora": ("tiny_llama_dir", ["--tuning_method", "lora", "--max_steps", "4"]),
-    "llama-full": ("tiny_llama_dir", ["--tuning_method", "full", "--learning_rate", "1e-2", "--num_train_epochs", "3"]),
+    "llama-full": (
+        "tiny_llama_dir",
+        ["--tuning_method", "full", "--learning_rate", "1e-2", "--num_train_epochs", "3"],
+    ),
 }
 
 
@@ -90,7 +93,9 @@ def assert_same_as_do_predict(classifier: PrefixClassifier, rows: list[dict], mo
     if mode == "score":
         answers = classifier(texts, top_k=None)
         assert [answer[0]["label"] for answer in answers] == [row["label"] for row in rows]
-        got = torch.tensor([[{a["label"]: a["score"] for a in answer}[label] for label in LABELS] for answer in answers])
+        got = torch.tensor(
+            [[{a["label"]: a["score"] for a in answer}[label] for label in LABELS] for answer in answers]
+        )
         expected = torch.tensor([[row["probabilities"][label] for label in LABELS] for row in rows])
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
         assert all(sorted(a["score"] for a in answer)[::-1] == [a["score"] for a in answer] for answer in answers)

@@ -42,7 +42,9 @@ def test_console_script_help():
     """`pip install` puts `prefix-tuning` on PATH (CI installs the package); its --help is the script's."""
     executable = shutil.which("prefix-tuning")
     if executable is None:
-        pytest.fail("`prefix-tuning` is not on PATH: install the package (pip install -e .) to get the console script.")
+        pytest.fail(
+            "`prefix-tuning` is not on PATH: install the package (pip install -e .) to get the console script."
+        )
     result = subprocess.run([executable, "--help"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: prefix-tuning ")

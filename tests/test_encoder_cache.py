@@ -101,7 +101,10 @@ def test_cached_run_resumes_to_the_same_prefix(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--prefix_scope", "all"], "--cache_encoder_outputs needs --tuning_method prefix with --prefix_scope decoder"),
+        (
+            ["--prefix_scope", "all"],
+            "--cache_encoder_outputs needs --tuning_method prefix with --prefix_scope decoder",
+        ),
         (["--tuning_method", "prompt"], "got --tuning_method prompt"),
         (["--tuning_method", "lora"], "got --tuning_method lora"),
         (["--tuning_method", "full"], "got --tuning_method full"),

@@ -167,7 +167,9 @@ def test_label_scores_equal_one_forward_per_label(tokenizer, method):
     model.eval()
     scorer = LabelScorer(model, tokenizer, LABELS, DataTrainingArguments(test_file=str(QUICKSTART)), "seq2seq")
     texts = [text for text, _ in quickstart_rows()[:24]]
-    torch.testing.assert_close(scorer.log_scores(texts), one_forward_per_label(model, scorer, texts), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        scorer.log_scores(texts), one_forward_per_label(model, scorer, texts), rtol=0, atol=1e-5
+    )
 
 
 # --- loading: an adapter folder or Hub id, with the label words and input format saved next to it ---
@@ -316,8 +318,9 @@ def test_bad_rows_stop_before_writing_or_are_skipped_and_counted(full_model_dir,
     assert [row["line"] for row in bad] == [2, 4]
 
 
-def test_encodings_utf8_and_iso_8859_1_with_no_flag_and_neither_exits_2(full_model_dir, phrasebank_dir, tmp_path,
-                                                                         capsys):
+def test_encodings_utf8_and_iso_8859_1_with_no_flag_and_neither_exits_2(
+    full_model_dir, phrasebank_dir, tmp_path, capsys
+):
     """A UTF-8 .txt (bare sentences and `sentence@label`) and the original ISO-8859-1 lines are scored with no
     encoding flag, their text intact; a Windows-1252 file is one line on stderr, exit code 2, nothing written."""
     utf8 = tmp_path / "news.txt"

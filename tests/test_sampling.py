@@ -50,7 +50,9 @@ def test_batches_group_similar_lengths_and_the_longest_comes_first():
     sampler = SeededLengthGroupedSampler(lengths, batch_size=8, seed=42)
     order = list(sampler)
     grouped = padding_efficiency(lengths, order, 8)
-    shuffled = padding_efficiency(lengths, torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist(), 8)
+    shuffled = padding_efficiency(
+        lengths, torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist(), 8
+    )
     assert grouped >= 0.9 and shuffled < 0.75, (grouped, shuffled)
     assert max(lengths) in [lengths[i] for i in order[:8]]
 

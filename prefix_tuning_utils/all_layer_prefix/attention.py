@@ -120,7 +120,6 @@ def _register() -> None:
         mask_interface.register(name, masks[inner])
 
 
-
 def register_attention_functions() -> None:
     """Register ``prefix_scope_sdpa`` / ``prefix_scope_eager`` with transformers (idempotent). Where this
     transformers version lacks the interfaces, only log it: ``--prefix_scope decoder`` must keep working, and
@@ -306,4 +305,3 @@ def attach(peft_model, trainable: bool | None = None) -> AllLayerPrefix:
         name,
     )
     return prefixes
-

@@ -140,6 +140,7 @@ LOAD = patching.register(
     )
 )
 
+
 def _classmethod_calling(function):
     """:func:`patching.calling` for a classmethod."""
     return lambda original, patch: classmethod(patching.calling(function)(original.__func__, patch))
