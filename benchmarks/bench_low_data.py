@@ -65,12 +65,12 @@ def data_path(data: str) -> Path:
 
 def splits(data: str, holdout: str):
     """(training pool, held-out) as LabelledData: the script's own stratified split; `inner` splits the pool again."""
-    from prefix_tuning_utils.data import parse_phrasebank_lines, stratified_split
+    from prefix_tuning_utils.arguments import DataTrainingArguments
+    from prefix_tuning_utils.data import read_data_file, stratified_split
 
-    path = data_path(data)
-    pool, held = stratified_split(
-        parse_phrasebank_lines(path.read_bytes(), str(path), LABELS), SPLIT_PERCENT, SPLIT_SEED
-    )
+    path = str(data_path(data))
+    data = read_data_file(path, DataTrainingArguments(train_file=path), LABELS)
+    pool, held = stratified_split(data, SPLIT_PERCENT, SPLIT_SEED)
     if holdout == "inner":
         pool, held = stratified_split(pool, SPLIT_PERCENT, SPLIT_SEED)
     return pool, held

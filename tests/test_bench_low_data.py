@@ -6,7 +6,8 @@ import bench_low_data as bench  # benchmarks/ is on pytest's pythonpath (setup.c
 import pytest
 from transformers import AutoConfig
 
-from prefix_tuning_utils.data import parse_phrasebank_lines, stratified_split
+from prefix_tuning_utils.arguments import DataTrainingArguments
+from prefix_tuning_utils.data import read_data_file, stratified_split
 
 
 @pytest.fixture
@@ -18,7 +19,8 @@ def phrasebank_env(phrasebank_dir, monkeypatch):
 def test_held_out_is_bench_quality_split_and_subsets_are_nested_and_stratified(phrasebank_env):
     pool, held = bench.splits("sentences_allagree", "test")
     path = phrasebank_env / "Sentences_AllAgree.txt"
-    _, expected = stratified_split(parse_phrasebank_lines(path.read_bytes(), str(path), bench.LABELS), 10, 42)
+    data = read_data_file(str(path), DataTrainingArguments(train_file=str(path)), bench.LABELS)
+    _, expected = stratified_split(data, 10, 42)
     assert (len(pool), len(held)) == (2037, 227) and held.texts == expected.texts
     sizes = [*bench.SIZES, len(pool)]
     one, two = bench.nested_subsets(pool.labels, sizes, 1), bench.nested_subsets(pool.labels, sizes, 2)
