@@ -107,3 +107,22 @@ def tiny_llama_dir(tmp_path_factory, tokenizer, tokenizer_dir) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer_dir / name, path / name)
     return path
+
+
+def assert_trained_and_evaluated(trainer, out: Path, steps: int, mode: str) -> None:
+    """What an end-to-end training run promises, beyond files and keys: `steps` optimizer steps whose gradients
+    reached the trainable weights (non-zero AdamW moments), and an `eval_accuracy` that is the saved model's own:
+    recomputed here by loading `out` with `PrefixClassifier` and answering the validation split."""
+    import json
+
+    from prefix_tuning_utils.classifier import PrefixClassifier
+
+    assert trainer.state.global_step == steps
+    moments = [state["exp_avg"] for state in trainer.optimizer.state.values() if "exp_avg" in state]
+    assert moments and any(bool(moment.abs().sum() > 0) for moment in moments), "no gradient reached the weights"
+    examples = trainer.eval_examples
+    classify = PrefixClassifier.from_pretrained(str(out), mode=mode)
+    predicted = [answer["label"] for answer in classify(list(examples.texts))]
+    accuracy = sum(p == g for p, g in zip(predicted, examples.labels)) / len(examples.labels)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_accuracy"] == pytest.approx(accuracy, abs=1e-9), (results["eval_accuracy"], accuracy)

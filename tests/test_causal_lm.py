@@ -10,7 +10,7 @@ from peft import PrefixTuningConfig, TaskType, get_peft_model
 from transformers import LlamaForCausalLM
 
 from prefix_tuning_utils import cli as run_prefix_tuning
-from tests.conftest import REPO, tiny_llama_config
+from tests.conftest import REPO, assert_trained_and_evaluated, tiny_llama_config
 
 
 VOCAB = 48
@@ -98,12 +98,13 @@ def test_every_tuning_method_trains_and_evaluates_a_decoder_only_model(tmp_path,
         assert trainable == total and (out / "model.safetensors").is_file()
     else:
         assert 0 < trainable < total and (out / "adapter_model.safetensors").is_file()
+    assert_trained_and_evaluated(trainer, out, steps=4, mode="score")
 
 
 @pytest.mark.parametrize("method", ["prompt", "lora", "full"])
 def test_baseline_methods_on_seq2seq(tmp_path, tiny_t5_dir, method):
     out = tmp_path / method
-    run_prefix_tuning.main(
+    trainer = run_prefix_tuning.main(
         [
             "--model_name_or_path", str(tiny_t5_dir),
             "--train_file", str(REPO / "examples" / "quickstart.txt"),
@@ -116,6 +117,7 @@ def test_baseline_methods_on_seq2seq(tmp_path, tiny_t5_dir, method):
     )  # fmt: skip
     results = json.loads((out / "all_results.json").read_text())
     assert results["tuning_method"] == method and "eval_accuracy" in results
+    assert_trained_and_evaluated(trainer, out, steps=3, mode="generate")
 
 
 def test_score_mode_evaluation_on_seq2seq(tmp_path, tiny_t5_dir):
@@ -173,7 +175,7 @@ def test_prefix_init_text_that_is_too_short_is_refused(tokenizer):
 
 def test_prefix_init_text_on_t5_runs_end_to_end(tmp_path, tiny_t5_dir):
     out = tmp_path / "t5-init"
-    run_prefix_tuning.main(
+    trainer = run_prefix_tuning.main(
         [
             "--model_name_or_path", str(tiny_t5_dir), "--train_file", str(REPO / "examples" / "quickstart.txt"),
             "--num_virtual_tokens", "4", "--prefix_init_text", "acme corp said its net sales rose",
@@ -181,6 +183,7 @@ def test_prefix_init_text_on_t5_runs_end_to_end(tmp_path, tiny_t5_dir):
         ]
     )  # fmt: skip
     assert json.loads((out / "all_results.json").read_text())["eval_samples"] == 17
+    assert_trained_and_evaluated(trainer, out, steps=2, mode="generate")
 
 
 @pytest.mark.parametrize("method", ["prefix", "prompt", "full"])

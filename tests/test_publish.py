@@ -26,7 +26,8 @@ from prefix_tuning_utils import cli as run_prefix_tuning
 from prefix_tuning_utils import hub as hub_module
 from prefix_tuning_utils.arguments import ArgumentError, parse_args
 from tests.conftest import REPO
-from tests.fake_hub import FakeHub
+from tests.fake_hub import FakeHub, patch_hf_endpoint
+from tests.faulty_hub import faulty_hub
 
 
 BASE_REPO = "fake-user/tiny-t5"
@@ -316,6 +317,24 @@ def test_push_only_reports_network_down_and_refused_token_in_one_line(fake, publ
     (line,) = error_lines(stderr)
     assert code == 1 and "HTTP 401" in line and "--hub_token" in line and "hf_test_bad" not in stderr
     assert line.endswith("--hub_model_id y --hub_token <your token>")
+
+
+@pytest.mark.parametrize("mode", ["hang", 500, 403])
+def test_push_only_to_a_silent_or_failing_hub_is_one_line(fake, published, mode, monkeypatch, capsys):
+    """A Hub that accepts the connection and never answers (bounded wait), or answers an HTTP error."""
+    from prefix_tuning_utils import network
+
+    monkeypatch.setattr(network, "CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(network, "READ_TIMEOUT", 0.5)
+    with faulty_hub(mode) as url, patch_hf_endpoint(url):
+        code, stderr = run_cli(
+            monkeypatch, capsys, ["--push_only", "--output_dir", published.out, "--hub_model_id", "fake-user/x"]
+        )
+    (line,) = error_lines(stderr)
+    assert code == 1 and "Traceback" not in stderr
+    expected = {"hang": "cannot reach the Hub at http://127.0.0.1:", 500: "HTTP 500", 403: "HTTP 403"}[mode]
+    assert "creating the repo fake-user/x: " + expected in line, line
+    assert line.endswith(f"--push_only --output_dir {published.out} --hub_model_id fake-user/x")
 
 
 def test_push_only_to_a_branch(fake, published):

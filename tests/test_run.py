@@ -14,7 +14,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from prefix_tuning_utils import cli
 from prefix_tuning_utils.arguments import DataTrainingArguments, ModelArguments, PredictArguments, PrefixArguments
-from tests.conftest import REPO
+from tests.conftest import REPO, assert_trained_and_evaluated
 
 
 def run_main(argv):
@@ -41,6 +41,7 @@ def test_quickstart_recipe_runs_and_adapter_loads_with_plain_snippet(tmp_path, m
         assert (out / name).is_file(), name
     results = json.loads((out / "all_results.json").read_text())
     assert {"eval_accuracy", "eval_macro_f1", "train_loss"} <= set(results)
+    assert_trained_and_evaluated(trainer, out, steps=trainer.state.max_steps, mode="generate")
 
     sentences = ["Acme Corp said its net sales rose 12 percent from a year earlier .", "Fjord Telecom has 3 offices ."]
     answers = plain_usage_snippet(out, sentences)
