@@ -42,6 +42,7 @@ from .arguments import (
     PrefixArguments,
     PrefixTrainingArguments,
 )
+from .modeling import TASK_SETTINGS_FILE
 
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ __all__ = [
 ]
 
 # the adapter, and with --prefix_scope all its encoder self-attention and cross-attention prefixes
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", model_card.SCOPE_WEIGHTS)
+# The adapter and the settings it answers with (label words, input format: read back by PrefixClassifier and
+# --do_predict).
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", model_card.SCOPE_WEIGHTS, TASK_SETTINGS_FILE)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",

@@ -391,15 +391,11 @@ def _py(value) -> str:
 def _snippet_literals(record: dict, location: str, revision: str | None) -> dict[str, str]:
     """The Python literals the template's snippets are made of."""
     data = record["data"]
-    texts = "data.texts[start : start + 64]"
-    if data["source_prefix"]:
-        texts = f"[{_py(data['source_prefix'])} + text for text in {texts}]"
     return {
         "adapter": _py(location),
         "revision": f", revision={_py(revision)}" if revision else "",
         "example": _py(data["source_prefix"] + EXAMPLE_SENTENCE),
         "labels": _py(data["labels"]),
-        "texts": texts,
     }
 
 
@@ -471,7 +467,6 @@ def render_model_card(
         py=_snippet_literals(record, location, revision),
         answer=repr(answer) if answer is not None else None,
         example_max_new_tokens=EXAMPLE_MAX_NEW_TOKENS,
-        max_new_tokens=record["hyperparameters"].get("generation_max_length") or EXAMPLE_MAX_NEW_TOKENS,
         source_prefix=record["data"]["source_prefix"],
         source_prefix_repr=repr(record["data"]["source_prefix"]),
         adapter_files=_adapter_files(out, (ADAPTER_WEIGHTS, SCOPE_WEIGHTS) if scope == "all" else (ADAPTER_WEIGHTS,)),
