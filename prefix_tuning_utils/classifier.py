@@ -3,7 +3,7 @@
     >>> from prefix_tuning_utils.classifier import PrefixClassifier
     >>> classify = PrefixClassifier.from_pretrained("/tmp/qs")  # the quickstart recipe's --output_dir, or a Hub id
     >>> classify("Borealis Bank said its net sales rose 25 percent from a year earlier .")  # the quickstart's answer
-    [{'label': 'negative', 'score': 0.5597614049911499}]
+    [{'label': 'negative', 'score': 0.5597614645957947}]
     >>> classify(["...", "..."], top_k=None)  # every label of every sentence, best first
 
 `from_pretrained` takes anything `run_prefix_tuning.py` wrote (an adapter of any --tuning_method, --prefix_scope
