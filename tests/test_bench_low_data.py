@@ -42,6 +42,7 @@ def test_step_rule_gives_at_least_min_steps_and_one_epoch():
         assert bench.epochs_for(n, 100) * -(-n // bench.BATCH_SIZE) >= 100
 
 
+@pytest.mark.slow
 def test_quick_cell_runs_once_and_a_rerun_resumes(tmp_path, tiny_llama_dir, phrasebank_env, capsys):
     results = tmp_path / "low_data.jsonl"
     argv = [

@@ -38,6 +38,7 @@ def one_line_error(capsys, argv) -> str:
 
 
 # ------------------------------------------------------------------------------------------- the three entry points
+@pytest.mark.slow
 def test_console_script_help():
     """`pip install` puts `prefix-tuning` on PATH (CI installs the package); its --help is the script's."""
     executable = shutil.which("prefix-tuning")

@@ -210,6 +210,7 @@ def test_misspelt_deepspeed_key_is_refused(tmp_path):
 # --- multi-process runs ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_match_one(tmp_path, model_dir, held_out_count):
     """multi_cpu.yaml: 2 processes x batch 4 give the run of 1 process x batch 8 (in-process), step by step."""
     common = [*TRAIN_ARGS, "--model_name_or_path", model_dir]
@@ -244,6 +245,7 @@ def test_two_cpu_processes_match_one(tmp_path, model_dir, held_out_count):
     assert res_two["eval_macro_f1"] == res_one["eval_macro_f1"]
 
 
+@pytest.mark.slow
 def test_two_machines_on_loopback_train_and_save_one_adapter(tmp_path, model_dir):
     """multi_node.yaml with its placeholders filled in on the command line: machine ranks 0 and 1 on 127.0.0.1."""
     port = free_port()
@@ -269,6 +271,7 @@ def test_two_machines_on_loopback_train_and_save_one_adapter(tmp_path, model_dir
     assert state["global_step"] == 144 // 8 and result["eval_samples"] == 17
 
 
+@pytest.mark.slow
 def test_fsdp_on_two_cpu_processes_saves_the_whole_prefix(tmp_path, model_dir):
     """torch FSDP shards the prefix over 2 CPU processes; the adapter is saved whole, as from one process.
 
@@ -314,7 +317,9 @@ def test_upstream_trainer_still_scales_t5_loss(tmp_path, model_dir, monkeypatch)
     """
 
     class PlainTrainer(Seq2SeqTrainer):  # upstream's trainer, taking (and ignoring) our evaluation arguments
-        def __init__(self, *args, scorer=None, eval_examples=None, eval_mode=None, **kwargs):
+        def __init__(
+            self, *args, scorer=None, eval_examples=None, eval_mode=None, cache_encoder_outputs=False, **kwargs
+        ):
             super().__init__(*args, **kwargs)
             self.last_eval_answers = None
 

@@ -126,6 +126,7 @@ def test_decoder_only_model_is_refused_in_one_line_exit_2(tmp_path, tiny_llama_d
     assert err[-1].startswith("error: --cache_encoder_outputs needs a seq2seq model"), err
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_with_the_cache_match_one_without(tmp_path, model_dir):  # noqa: F811
     """multi_cpu.yaml: 2 processes x batch 4, cached, give the uncached 1 process x batch 8 run (no dropout)."""
     common = [*TRAIN_ARGS, "--model_name_or_path", model_dir, "--do_eval", "false", "--eval_strategy", "no"]

@@ -20,7 +20,7 @@ from tests.fake_hub import FakeHub, patch_hf_endpoint
 from tests.faulty_hub import faulty_hub
 
 
-MODES = ["refuse", "hang", 500, 401, 403, 404]
+MODES = ["refuse", pytest.param("hang", marks=pytest.mark.slow), 500, 401, 403, 404]  # a hang costs seconds
 # What the one line says for each failure, and the exit code: the network's fault 1, the user's to fix 2.
 EXPECTED = {
     "refuse": ("cannot connect to http://127.0.0.1:", 1),

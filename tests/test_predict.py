@@ -393,6 +393,7 @@ def subprocess_env(tmp_path) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_kill_9_part_way_then_resume_gives_every_row_once_in_order(full_model_dir, tmp_path):
     big = tmp_path / "big.txt"
     texts = [f"{COMPANIES[i % 4]} has {i} offices ." for i in range(20_000)]
@@ -436,6 +437,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_under_accelerate_launch_write_the_same_file(full_model_dir, tmp_path):
     # Sentences of different lengths, labelled and not, so chunks and batches are uneven.
     mixed = tmp_path / "mixed.txt"

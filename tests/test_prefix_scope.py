@@ -541,6 +541,7 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_all_scope_learns_a_new_task_faster_than_decoder_scope(one_torch_thread):
     start = time.perf_counter()
     reverse_loss, curves = learning_curves()

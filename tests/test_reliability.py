@@ -113,6 +113,7 @@ def test_debug_flag_shows_the_traceback(tmp_path, tiny_t5_dir):
         run_prefix_tuning.cli([*argv, "--output_dir", str(tmp_path / "o"), "--do_train", "--debug"])
 
 
+@pytest.mark.slow
 def test_bad_input_exit_code_in_a_real_process(tmp_path):
     result = subprocess.run(
         [sys.executable, "run_prefix_tuning.py", "recipes/quickstart.yaml", "--output_dir", str(tmp_path / "o"),
@@ -188,6 +189,7 @@ def _final_state(out):
 @pytest.mark.parametrize(
     "projection,kill_at", [(False, 8), (True, 20)], ids=["plain-step8", "prefix_projection-step20"]
 )
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_adapter_and_metrics(tmp_path, projection, kill_at):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     reference = tmp_path / "reference"
