@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -367,6 +368,14 @@ class PrefixTrainingArguments(Seq2SeqTrainingArguments):
         if self.learning_rate is None:
             self.learning_rate = DEFAULT_LEARNING_RATES["prefix"]
         super().__post_init__()
+        # transformers would fail later, in the Trainer, with a traceback; transformers also accepts tensorboardX.
+        if "tensorboard" in (self.report_to or []) and not any(
+            importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")
+        ):
+            raise ArgumentError(
+                "--report_to tensorboard needs the tensorboard package: pip install -e '.[tracking]' "
+                "(or pass --report_to none)."
+            )
 
 
 # --- batch prediction (--do_predict); the work is in prefix_tuning_utils/predict.py ---

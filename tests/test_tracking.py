@@ -85,3 +85,21 @@ def test_accuracy_and_macro_f1_are_scikit_learns():
     assert ours["macro_f1"] == pytest.approx(f1_score(references, normalised, labels=labels, average="macro"))
     per_label = f1_score(references, normalised, labels=labels, average=None)
     assert [ours[f"f1_{label}"] for label in labels] == pytest.approx(list(per_label))
+
+
+def test_report_to_tensorboard_without_the_package_is_one_line(monkeypatch):
+    """Without tensorboard (nor tensorboardX), --report_to tensorboard is refused up front, not by a traceback later."""
+    import importlib.util
+
+    from prefix_tuning_utils.arguments import ArgumentError
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name in ("tensorboard", "tensorboardX") else real_find_spec(name, *args),
+    )
+    argv = ["--model_name_or_path", str(REPO / "examples" / "tiny-t5"), "--train_file",
+            str(REPO / "examples" / "quickstart.txt"), "--output_dir", "unused", "--report_to", "tensorboard"]  # fmt: skip
+    with pytest.raises(ArgumentError, match=r"--report_to tensorboard needs the tensorboard package"):
+        parse_args(argv)
