@@ -96,14 +96,15 @@ def build_adapter(folder: Path, config, tokenizer, num_virtual_tokens: int = 20)
 
 
 def train_adapter(folder: Path, tokenizer_file: str, data: Path, steps: int, batch_size: int = 8) -> Path:
-    """A 20-token prefix trained for `steps` steps on the first sentences of `data` (inputs cut to 8 tokens: the
-    prefix only has to learn to answer with a label word), on a t5-small-shaped base with random weights (seed 0)."""
+    """A 20-token prefix trained for `steps` steps on the first sentences of `data`, on a t5-small-shaped base with
+    random weights (seed 0). The inputs keep the recipe's `--max_source_length` (256: whole sentences), which the
+    adapter saves and prediction then uses: answering is measured on real sentence lengths."""
     base = save_t5_small_shaped(folder / "base", tokenizer_file)
     adapter = folder / "adapter"
     command = [
         sys.executable, "run_prefix_tuning.py", "--model_name_or_path", str(base), "--train_file", str(data),
         "--do_train", "--max_train_samples", str(steps * batch_size), "--per_device_train_batch_size", str(batch_size),
-        "--max_source_length", "8", "--num_train_epochs", "1", "--learning_rate", "0.5", "--num_virtual_tokens", "20",
+        "--num_train_epochs", "1", "--learning_rate", "0.5", "--num_virtual_tokens", "20",
         "--output_dir", str(adapter), "--overwrite_output_dir", "--save_strategy", "no", "--report_to", "none",
         "--disable_tqdm", "true", "--seed", "0",
     ]  # fmt: skip
@@ -133,6 +134,47 @@ def run_predict(adapter_dir: Path, test_file: Path, output_dir: Path, *extra: st
         raise SystemExit(f"{' '.join(command)} failed:\n{log_path.read_text()[-3000:]}")
     results = json.loads((output_dir / "predict_results.json").read_text())
     return {"results": results, "wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def multiply_adds(
+    config, tokenizer, texts: list[str], batch_size: int, chunk_size: int = 512, num_virtual_tokens: int = 20
+) -> dict[str, float]:
+    """Multiply-adds of answering `texts` in score and in generate mode with this T5 shape, batched as `--do_predict`
+    batches them (chunks of `chunk_size` rows sorted by length, then `batch_size` rows padded to the longest).
+
+    Counted: every linear layer, the output layer and the attention products (query x key, weights x value); not
+    counted: norms, softmax, embedding lookups (all small). Both modes run the same encoder and the same first
+    decoder step (which also computes the cross-attention keys/values); then generate runs one decoder step per
+    token it writes (a label word of one token and end-of-sequence: 1 more step), and score one step per label and
+    label token after the first (3 labels x 1 here). So the ratio of the two totals is the most rows/s score mode
+    can reach against generate mode on this input, whatever the implementation, as long as its scores stay exact."""
+    d, inner, ff = config.d_model, config.num_heads * config.d_kv, config.d_ff
+    ff_layers = 3 if getattr(config, "is_gated_act", False) else 2
+    answers = tokenizer(text_target=LABELS)["input_ids"]
+    width = max(len(a) for a in answers)
+    encoder = cross = decoder_steps_score = decoder_steps_generate = 0.0
+
+    def decoder_step(rows: int, keys_self: int, keys_cross: int) -> float:
+        per_layer = 6 * d * inner + ff_layers * d * ff + 2 * inner * (keys_self + keys_cross)
+        return rows * (config.num_decoder_layers * per_layer + d * config.vocab_size)
+
+    for start in range(0, len(texts), chunk_size):
+        chunk = sorted(texts[start : start + chunk_size], key=len)
+        for first in range(0, len(chunk), batch_size):
+            batch = chunk[first : first + batch_size]
+            rows, length = len(batch), max(len(ids) for ids in tokenizer(batch)["input_ids"])
+            encoder += rows * length * config.num_layers * (4 * d * inner + ff_layers * d * ff + 2 * inner * length)
+            cross += rows * length * config.num_decoder_layers * 2 * d * inner
+            shared = decoder_step(rows, num_virtual_tokens + 1, length)  # the decoder start token
+            decoder_steps_score += shared + sum(
+                decoder_step(rows * len(LABELS), num_virtual_tokens + 1 + j, length) for j in range(1, width)
+            )
+            written = round(sum(len(a) for a in answers) / len(answers))  # label word + end-of-sequence
+            decoder_steps_generate += shared + sum(
+                decoder_step(rows, num_virtual_tokens + 1 + j, length) for j in range(1, written)
+            )
+    return {"score": encoder + cross + decoder_steps_score, "generate": encoder + cross + decoder_steps_generate,
+            "encoder": encoder}  # fmt: skip
 
 
 def speed(run: dict) -> float:
@@ -200,6 +242,12 @@ def main() -> None:
                   f"{r['predict_rows_per_second']:.1f} | {run['wall_s']:.0f} | {run['peak_rss_mib']:.0f} |")  # fmt: skip
         print(f"\nscore / generate rows/s: {speed(runs['score']) / speed(runs['generate']):.2f} (fastest of "
               f"{args.repeats} alternating rounds; load average at the end {os.getloadavg()[0]:.1f})")  # fmt: skip
+        texts = [line.rsplit("@", 1)[0] for line in args.data.read_text(encoding="iso-8859-1").splitlines() if line]
+        work = multiply_adds(*t5_small_shaped(args.tokenizer_file), texts[: args.limit], args.batch_size)
+        print(f"multiply-adds per row: score {work['score'] / len(texts[: args.limit]) / 1e6:.0f} M, generate "
+              f"{work['generate'] / len(texts[: args.limit]) / 1e6:.0f} M (encoder {work['encoder'] / work['generate']:.0%}"
+              f" of generate's): the most score / generate rows/s can be with exact scores is "
+              f"{work['generate'] / work['score']:.2f}")  # fmt: skip
         with open(runs["generate"]["folder"] / "predictions.jsonl", encoding="utf-8") as handle:
             answers = [json.loads(line)["answer"] for line in handle]
         words = sum(answer in LABELS for answer in answers)
