@@ -494,19 +494,21 @@ def _flags_given(parser: HfArgumentParser, cli: list[str]) -> set[str]:
     return {actions[arg.split("=", 1)[0]].dest for arg in cli if arg.split("=", 1)[0] in actions}
 
 
+def nearest_flag(parser: HfArgumentParser, arg: str) -> str | None:
+    """The known flag closest to a misspelt one (`--num_virtual_token` -> `--num_virtual_tokens`), or None."""
+    close = difflib.get_close_matches(arg.split("=", 1)[0], parser._option_string_actions, n=1)
+    return parser._option_string_actions[close[0]].option_strings[0] if close else None
+
+
 def _refuse_unknown(parser: HfArgumentParser, cli: list[str]) -> None:
     """An unknown flag is named with the nearest known one; any other left-over word is named as it is."""
     _, rest = parser.parse_known_args(cli)
     for arg in rest:
         if arg.startswith("-"):
-            flag = arg.split("=", 1)[0]
-            close = difflib.get_close_matches(flag, parser._option_string_actions, n=1)
-            hint = (
-                f"did you mean {parser._option_string_actions[close[0]].option_strings[0]}?"
-                if close
-                else "see --help."
+            close = nearest_flag(parser, arg)
+            raise ArgumentError(
+                f"unknown flag {arg.split('=', 1)[0]}; {f'did you mean {close}?' if close else 'see --help.'}"
             )
-            raise ArgumentError(f"unknown flag {flag}; {hint}")
     if rest:
         raise ArgumentError(
             f"unexpected argument(s): {' '.join(rest)}. Values follow their flag; a recipe (.yaml/.json) comes first."

@@ -41,6 +41,7 @@ from .arguments import (
     PredictArguments,
     PrefixArguments,
     PrefixTrainingArguments,
+    nearest_flag,
 )
 from .modeling import TASK_SETTINGS_FILE
 
@@ -92,6 +93,7 @@ TRAINING_ARGUMENTS = (
     PredictArguments,
     PrefixTrainingArguments,
 )
+TRAINING_FLAGS = {f"--{f.name}" for dtype in TRAINING_ARGUMENTS for f in fields(dtype)}
 
 
 class PushError(RuntimeError):
@@ -399,7 +401,7 @@ def push_only(argv: list[str]) -> str:
         handlers=[logging.StreamHandler(sys.stdout)],
         level=logging.INFO,
     )
-    parser = HfArgumentParser(PushOnlyArguments)
+    parser = HfArgumentParser(PushOnlyArguments, allow_abbrev=False)  # `--hub_model` is not `--hub_model_id`
     cli = list(argv)
     if cli and not cli[0].startswith("-") and cli[0].lower().endswith(RECIPE_EXTENSIONS):
         recipe = yaml.safe_load(Path(cli[0]).read_text(encoding="utf-8")) if os.path.isfile(cli[0]) else None
@@ -417,6 +419,10 @@ def push_only(argv: list[str]) -> str:
         parser.set_defaults(**{key: value for key, value in recipe.items() if key in known})
         cli = cli[1:]
     (args, rest) = parser.parse_args_into_dataclasses(args=cli, return_remaining_strings=True)
+    typos = [(arg, nearest_flag(parser, arg)) for arg in rest if arg.startswith("-")]
+    typos = [(arg, close) for arg, close in typos if close and arg.split("=", 1)[0] not in TRAINING_FLAGS]
+    if typos:
+        raise ArgumentError(f"--push_only: unknown flag {typos[0][0].split('=', 1)[0]}; did you mean {typos[0][1]}?")
     if rest:
         raise ArgumentError(
             "--push_only publishes a finished run and takes only --output_dir, --hub_model_id, --hub_token, "

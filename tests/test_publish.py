@@ -378,6 +378,10 @@ def test_push_only_refuses_what_it_cannot_publish(tmp_path):
         run_prefix_tuning.main(["--push_only", "--output_dir", tmp_path, "--hub_model_id", "me/x"])
     with pytest.raises(ArgumentError, match="takes only --output_dir.*got --learning_rate 0.1"):
         run_prefix_tuning.main(["--push_only", "--output_dir", tmp_path, "--learning_rate", "0.1"])
+    # A misspelt or shortened hub flag is named with the one meant (no abbreviations: `--hub_model` is refused).
+    for typo in ("--hub_modle_id", "--hub_model"):
+        with pytest.raises(ArgumentError, match=f"unknown flag {typo}; did you mean --hub_model_id"):
+            run_prefix_tuning.main(["--push_only", "--output_dir", tmp_path, typo, "me/x"])
 
 
 def test_local_run_writes_the_card_without_pushing(tmp_path, tiny_t5_dir):
