@@ -369,8 +369,9 @@ def goals(summary: dict, rows: list[dict], pool_size: int) -> str:
     for size in [s for s in SIZES if s <= 128]:
         p, f = summary.get("prefix", {}).get(size, []), summary.get("full", {}).get(size, [])
         if p and f:
+            seeds = min(len(p), len(f))
             small.append(f"{size}: prefix {mean(p):.4f} vs full {mean(f):.4f} "
-                         f"({'at or above' if mean(p) >= mean(f) else 'below'}, {min(len(p), len(f))} seeds)")  # fmt: skip
+                         f"({'at or above' if mean(p) >= mean(f) else 'below'}, {seeds} seed{'s' * (seeds != 1)})")  # fmt: skip
         else:
             small.append(f"{size}: not yet measured")
     out.append("2. Prefix at or above full fine-tuning at 128 sentences or fewer: " + "; ".join(small) + ".")
@@ -388,18 +389,37 @@ def goals(summary: dict, rows: list[dict], pool_size: int) -> str:
     return "\n".join(out)
 
 
+def inner_table(rows: list[dict]) -> str:
+    """The step rule's check: accuracy on the inner split of the training data (never the 227) by floor of steps."""
+    inner = sorted(
+        (r for r in rows if r["holdout"] == "inner"), key=lambda r: (r["method"], r["size"], r["min_steps"], r["seed"])
+    )
+    if not inner:
+        return "Step rule check on the inner split (`--holdout inner`): **not run yet**."
+    lines = [
+        f"Step rule check on the inner split of the training data ({inner[0]['heldout']} held out of the 2,037; "
+        "never the 227):\n",
+        "| method | sentences | floor of steps | epochs | seed | inner accuracy | inner macro-F1 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {r['method']} | {r['size']} | {r['min_steps']} | {r['epochs']} | {r['seed']} | {r['accuracy']:.4f} | "
+              f"{r['macro_f1']:.4f} |" for r in inner]  # fmt: skip
+    return "\n".join(lines)
+
+
 def write_readme(rows: list[dict]) -> None:
     rows = [r for r in rows if not r.get("run_args")]
     summary = summarise(rows)
     pool_size = max([r["size"] for r in rows if r["data"] == "sentences_allagree" and r["holdout"] == "test"] + [2037])
     sizes = SIZES + [pool_size]
-    finished = sum(1 for r in rows if r["holdout"] == "test")
+    finished = sum(1 for r in rows if (r["data"], r["holdout"]) == ("sentences_allagree", "test"))
     text = (
         f"Accuracy on the 227 held-out sentences: mean (min–max, seeds) of the {finished} cells finished so far "
         f"(step rule: at least {MIN_STEPS} steps; `not run`: still to run).\n\n" + markdown_table(summary, sizes)
     )
     plot(summary, sizes, PLOT)
     text += f"\n\n![accuracy against training size]({PLOT.name})\n\n" + finbert_table(rows)
+    text += "\n\n" + inner_table(rows)
     text += "\n\nThe issue's goals against these figures:\n\n" + goals(summary, rows, pool_size)
     write_readme_block(__file__, "Low data", text, machine_line())
 

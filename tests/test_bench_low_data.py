@@ -87,6 +87,14 @@ def test_table_and_plot_from_rows(tmp_path):
     goals = bench.goals(summary, rows, 2037)
     assert "32: prefix 0.7000 vs full" not in goals and "32: not yet measured" in goals  # full's cell is another rule
     assert "FinBERT's 0.86 accuracy on Sentences_50Agree: **not yet measured**" in goals
+    assert "**not run yet**" in bench.inner_table(rows)
+    inner = [{"data": "sentences_allagree", "holdout": "inner", "method": "prefix", "size": 32, "seed": 1,
+              "min_steps": m, "epochs": e, "heldout": 204, "accuracy": a, "macro_f1": a - 0.1}
+             for m, e, a in ((200, 50, 0.85), (50, 13, 0.8))]  # fmt: skip
+    table = bench.inner_table(rows + inner)
+    assert "(204 held out" in table and "| prefix | 32 | 50 | 13 | 1 | 0.8000 | 0.7000 |" in table
+    assert table.index("| 50 | 13 |") < table.index("| 200 | 50 |")  # ordered by floor of steps
+    assert "0.3000" not in table  # cells scored on the 227 are not part of the check
     bench.plot(summary, [32, 2037], tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
