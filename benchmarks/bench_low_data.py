@@ -13,7 +13,8 @@ the 2,037 (scikit-learn's stratified `train_test_split`, each size drawn from th
 32); the seed picks the subsets and is the run's `--seed` (initialisation, data order). Every run goes through
 `run_prefix_tuning.py` with `bench_quality.py`'s flags per method; only the number of epochs changes, by STEP_RULE.
 `--data sentences_50agree` runs the FinBERT anchor (Sentences_50Agree.txt, the same stratified 90/10 rule).
-`--holdout inner` replaces the held-out set by an inner split of the training data (for choosing the rule).
+`--holdout inner` replaces the held-out set by an inner split of the training data: settings (the step rule's
+floor, `--min_steps`; a learning rate, `--learning_rate`, refused on the 227) are chosen there, never on the 227.
 
 Each finished cell is appended to the results file as one JSON line; a rerun skips the cells already there.
 """
@@ -124,7 +125,8 @@ def tokens_for_share(model_dir: str, gguf_file: str | None, share: float = 1e-3)
 
 
 def cell_key(row: dict) -> tuple:
-    return (row["data"], row["holdout"], row["method"], row["size"], row["seed"], row["min_steps"])
+    return (row["data"], row["holdout"], row["method"], row["size"], row["seed"], row["min_steps"],
+            row.get("learning_rate"))  # fmt: skip
 
 
 def load_results(path: Path) -> list[dict]:
@@ -141,19 +143,34 @@ def cells(args, pool_size: int) -> list[dict]:
             n = pool_size if size == "all" else int(size)
             for method in args.methods:
                 for min_steps in args.min_steps:
-                    if method == "zero-shot":  # no training: one cell, whatever the size and seed
-                        n_cell, seed_cell, steps = 0, 0, 0
-                    else:
-                        n_cell, seed_cell, steps = n, seed, min_steps
-                    cell = {"data": args.data, "holdout": args.holdout, "method": method, "size": n_cell,
-                            "seed": seed_cell, "min_steps": steps}  # fmt: skip
-                    if cell not in out:
-                        out.append(cell)
+                    for lr in args.learning_rate or [None]:
+                        if method == "zero-shot":  # no training: one cell, whatever the size and seed
+                            n_cell, seed_cell, steps, lr = 0, 0, 0, None
+                        else:
+                            n_cell, seed_cell, steps = n, seed, min_steps
+                        cell = {"data": args.data, "holdout": args.holdout, "method": method, "size": n_cell,
+                                "seed": seed_cell, "min_steps": steps, **({"learning_rate": lr} if lr else {})}  # fmt: skip
+                        if cell not in out:
+                            out.append(cell)
     return out
+
+
+def cell_flags(cell: dict, virtual_tokens: int | None, run_args: str = "") -> list[str]:
+    """run_prefix_tuning.py flags of a cell: the method's (bench_quality.py), then the cell's epochs and settings."""
+    method = cell["method"]
+    flags = method_flags("prefix" if method == "prefix-1000x" else method)
+    if method == "prefix-1000x":
+        flags += ["--num_virtual_tokens", str(virtual_tokens)]
+    if method != "zero-shot":
+        flags += ["--num_train_epochs", str(epochs_for(cell["size"], cell["min_steps"]))]
+    if cell.get("learning_rate"):  # after the method's own: the last --learning_rate wins
+        flags += ["--learning_rate", f"{cell['learning_rate']:g}"]
+    return flags + run_args.split()
 
 
 def run_cell(cell: dict, args, pool, held, virtual_tokens: int) -> dict:
     name = f"{cell['data']}-{cell['holdout']}-{cell['method']}-n{cell['size']}-s{cell['seed']}-m{cell['min_steps']}"
+    name += f"-lr{cell['learning_rate']:g}" if cell.get("learning_rate") else ""
     out = Path(args.work_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     train_path, held_path = out / "train.txt", out / "heldout.txt"
@@ -161,18 +178,12 @@ def run_cell(cell: dict, args, pool, held, virtual_tokens: int) -> dict:
     method = cell["method"]
     if method == "zero-shot":  # the script needs a training file to start; it does not train
         write_phrasebank(train_path, pool.texts, pool.labels)
-        epochs = 0
     else:
         subset = nested_subsets(pool.labels, [s for s in SIZES if s < len(pool)] + [len(pool)], cell["seed"])
         chosen = subset[cell["size"]]
         write_phrasebank(train_path, [pool.texts[i] for i in chosen], [pool.labels[i] for i in chosen])
-        epochs = epochs_for(cell["size"], cell["min_steps"])
-    flags = method_flags("prefix" if method == "prefix-1000x" else method)
-    if method == "prefix-1000x":
-        flags += ["--num_virtual_tokens", str(virtual_tokens)]
-    if method != "zero-shot":
-        flags += ["--num_train_epochs", str(epochs)]
-    flags += args.run_args.split()
+    epochs = epochs_for(cell["size"], cell["min_steps"]) if method != "zero-shot" else 0
+    flags = cell_flags(cell, virtual_tokens, args.run_args)
     command = [
         sys.executable, str(REPO / "run_prefix_tuning.py"),
         "--model_name_or_path", args.model_dir, *(["--gguf_file", args.gguf_file] if args.gguf_file else []),
@@ -279,6 +290,9 @@ def parse_args(argv=None):
                         help="training-set sizes: integers up to the training split, or `all`")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--min_steps", nargs="+", type=int, default=[MIN_STEPS], help="the step rule's floor")
+    parser.add_argument("--learning_rate", nargs="+", type=float, default=None,
+                        help="learning rates to try instead of each method's own (prefix 1e-2, LoRA 1e-3, full 5e-5); "
+                        "only with `--holdout inner`: a setting is chosen on the inner split, never on the 227")  # fmt: skip
     parser.add_argument("--data", choices=list(DATA_FILES), default="sentences_allagree")
     parser.add_argument("--holdout", choices=["test", "inner"], default="test",
                         help="`test`: the 227 held-out sentences; `inner`: an inner 90/10 split of the training data")  # fmt: skip
@@ -296,6 +310,13 @@ def parse_args(argv=None):
     for size in args.sizes:
         if size != "all" and not (size.isdigit() and int(size) > 0):
             parser.error(f"--sizes takes positive integers or `all`, got {size!r}.")
+    if args.learning_rate and args.holdout != "inner":
+        parser.error(
+            "--learning_rate is for choosing a setting on the inner split: add `--holdout inner` "
+            "(the 227 held-out sentences only measure the method's own learning rate)."
+        )
+    if args.learning_rate and not all(lr > 0 for lr in args.learning_rate):
+        parser.error(f"--learning_rate takes positive numbers, got {args.learning_rate}.")
     if args.model_dir is None:
         args.model_dir = str(gguf_folder())
         args.gguf_file = args.gguf_file or GGUF_NAME
@@ -391,20 +412,20 @@ def goals(summary: dict, rows: list[dict], pool_size: int) -> str:
 
 
 def inner_table(rows: list[dict]) -> str:
-    """The step rule's check: accuracy on the inner split of the training data (never the 227) by floor of steps."""
-    inner = sorted(
-        (r for r in rows if r["holdout"] == "inner"), key=lambda r: (r["method"], r["size"], r["min_steps"], r["seed"])
-    )
+    """Settings chosen on the inner split of the training data (never the 227): floor of steps, learning rate."""
+    inner = sorted((r for r in rows if r["holdout"] == "inner"),
+                   key=lambda r: (r["method"], r["size"], r["min_steps"], r.get("learning_rate") or 0, r["seed"]))  # fmt: skip
     if not inner:
-        return "Step rule check on the inner split (`--holdout inner`): **not run yet**."
+        return "Settings checked on the inner split (`--holdout inner`): **not run yet**."
     lines = [
-        f"Step rule check on the inner split of the training data ({inner[0]['heldout']} held out of the 2,037; "
-        "never the 227):\n",
-        "| method | sentences | floor of steps | epochs | seed | inner accuracy | inner macro-F1 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"Settings checked on the inner split of the training data ({inner[0]['heldout']} held out of the 2,037; "
+        "never the 227): the step rule's floor and the learning rate (`method's`: prefix 1e-2, LoRA 1e-3, full 5e-5):\n",
+        "| method | sentences | floor of steps | epochs | learning rate | seed | inner accuracy | inner macro-F1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| {r['method']} | {r['size']} | {r['min_steps']} | {r['epochs']} | {r['seed']} | {r['accuracy']:.4f} | "
-              f"{r['macro_f1']:.4f} |" for r in inner]  # fmt: skip
+    lines += [f"| {r['method']} | {r['size']} | {r['min_steps']} | {r['epochs']} | "
+              f"{format(r['learning_rate'], 'g') if r.get('learning_rate') else 'method' + chr(39) + 's'} | {r['seed']} | "
+              f"{r['accuracy']:.4f} | {r['macro_f1']:.4f} |" for r in inner]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -65,6 +65,30 @@ def test_quick_cell_runs_once_and_a_rerun_resumes(tmp_path, tiny_llama_dir, phra
     assert bench.load_results(results) == rows, "a rerun must not run or append a finished cell"
 
 
+def test_learning_rate_is_tried_on_the_inner_split_only(capsys):
+    args = bench.parse_args(["--holdout", "inner", "--methods", "prefix", "full", "--sizes", "32", "--seeds", "1",
+                             "--learning_rate", "3e-3", "3e-2", "--model_dir", "unused"])  # fmt: skip
+    cells = bench.cells(args, 1833)
+    assert [(c["method"], c["learning_rate"]) for c in cells] == [  # fmt: skip
+        ("prefix", 3e-3),
+        ("prefix", 3e-2),
+        ("full", 3e-3),
+        ("full", 3e-2),
+    ]
+    default = {k: v for k, v in cells[0].items() if k != "learning_rate"}
+    assert len({bench.cell_key(c) for c in [*cells, default]}) == 5, "a tried rate must not resume the default cell"
+    flags = bench.cell_flags(cells[3], None)  # full at 3e-2
+    rates = [flags[i + 1] for i, f in enumerate(flags) if f == "--learning_rate"]
+    assert rates[-1] == "0.03" and "--num_train_epochs" in flags, "the tried rate must come last (argparse: last wins)"
+    assert "--learning_rate" not in bench.cell_flags(default, None)[-4:]
+    capsys.readouterr()
+    for argv, says in ((["--learning_rate", "3e-2"], "add `--holdout inner`"),
+                       (["--holdout", "inner", "--learning_rate", "0"], "positive numbers")):  # fmt: skip
+        with pytest.raises(SystemExit) as err:
+            bench.parse_args([*argv, "--model_dir", "unused"])
+        assert err.value.code == 2 and says in capsys.readouterr().err.splitlines()[-1]
+
+
 def test_tokens_for_a_thousandth_of_the_parameters(tiny_llama_dir):
     share = bench.tokens_for_share(str(tiny_llama_dir), None, share=0.02)
     assert share["per_token"] == 64 and share["model_parameters"] == 24096
@@ -92,8 +116,10 @@ def test_table_and_plot_from_rows(tmp_path):
               "min_steps": m, "epochs": e, "heldout": 204, "accuracy": a, "macro_f1": a - 0.1}
              for m, e, a in ((200, 50, 0.85), (50, 13, 0.8))]  # fmt: skip
     table = bench.inner_table(rows + inner)
-    assert "(204 held out" in table and "| prefix | 32 | 50 | 13 | 1 | 0.8000 | 0.7000 |" in table
+    assert "(204 held out" in table and "| prefix | 32 | 50 | 13 | method's | 1 | 0.8000 | 0.7000 |" in table
     assert table.index("| 50 | 13 |") < table.index("| 200 | 50 |")  # ordered by floor of steps
+    tried = {**inner[0], "min_steps": 100, "epochs": 25, "learning_rate": 0.03, "accuracy": 0.9}
+    assert "| prefix | 32 | 100 | 25 | 0.03 | 1 | 0.9000 |" in bench.inner_table(rows + inner + [tried])
     assert "0.3000" not in table  # cells scored on the 227 are not part of the check
     bench.plot(summary, [32, 2037], tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
