@@ -158,6 +158,7 @@ def multiply_adds(
         per_layer = 6 * d * inner + ff_layers * d * ff + 2 * inner * (keys_self + keys_cross)
         return rows * (config.num_decoder_layers * per_layer + d * config.vocab_size)
 
+    written = round(sum(len(a) for a in answers) / len(answers))  # generate writes a label word + end-of-sequence
     for start in range(0, len(texts), chunk_size):
         chunk = sorted(texts[start : start + chunk_size], key=len)
         for first in range(0, len(chunk), batch_size):
@@ -169,7 +170,6 @@ def multiply_adds(
             decoder_steps_score += shared + sum(
                 decoder_step(rows * len(LABELS), num_virtual_tokens + 1 + j, length) for j in range(1, width)
             )
-            written = round(sum(len(a) for a in answers) / len(answers))  # label word + end-of-sequence
             decoder_steps_generate += shared + sum(
                 decoder_step(rows, num_virtual_tokens + 1 + j, length) for j in range(1, written)
             )
@@ -243,9 +243,10 @@ def main() -> None:
         print(f"\nscore / generate rows/s: {speed(runs['score']) / speed(runs['generate']):.2f} (fastest of "
               f"{args.repeats} alternating rounds; load average at the end {os.getloadavg()[0]:.1f})")  # fmt: skip
         texts = [line.rsplit("@", 1)[0] for line in args.data.read_text(encoding="iso-8859-1").splitlines() if line]
-        work = multiply_adds(*t5_small_shaped(args.tokenizer_file), texts[: args.limit], args.batch_size)
-        print(f"multiply-adds per row: score {work['score'] / len(texts[: args.limit]) / 1e6:.0f} M, generate "
-              f"{work['generate'] / len(texts[: args.limit]) / 1e6:.0f} M (encoder {work['encoder'] / work['generate']:.0%}"
+        texts = texts[: args.limit]
+        work = multiply_adds(*t5_small_shaped(args.tokenizer_file), texts, args.batch_size)
+        print(f"multiply-adds per row: score {work['score'] / len(texts) / 1e6:.0f} M, generate "
+              f"{work['generate'] / len(texts) / 1e6:.0f} M (encoder {work['encoder'] / work['generate']:.0%}"
               f" of generate's): the most score / generate rows/s can be with exact scores is "
               f"{work['generate'] / work['score']:.2f}")  # fmt: skip
         with open(runs["generate"]["folder"] / "predictions.jsonl", encoding="utf-8") as handle:

@@ -93,7 +93,8 @@ TRAINING_ARGUMENTS = (
     PredictArguments,
     PrefixTrainingArguments,
 )
-TRAINING_FLAGS = {f"--{f.name}" for dtype in TRAINING_ARGUMENTS for f in fields(dtype)}
+TRAINING_NAMES = {f.name for dtype in TRAINING_ARGUMENTS for f in fields(dtype)}
+TRAINING_FLAGS = {f"--{name}" for name in TRAINING_NAMES}
 
 
 class PushError(RuntimeError):
@@ -410,8 +411,7 @@ def push_only(argv: list[str]) -> str:
         known = {f.name for f in fields(PushOnlyArguments)}
         # The training arguments' names (hub_strategy, learning_rate, ...) are ignored here; any other key, such as
         # a misspelt hub_model_id, is an error, as it is for a training run.
-        training = {f.name for dtype in TRAINING_ARGUMENTS for f in fields(dtype)}
-        unknown = sorted(set(recipe) - known - training)
+        unknown = sorted(set(recipe) - known - TRAINING_NAMES)
         if unknown:
             raise ArgumentError(
                 f"Recipe {cli[0]} has unknown key(s): {', '.join(unknown)}. See `python {SCRIPT} --help`."
