@@ -14,7 +14,7 @@ the 2,037 (scikit-learn's stratified `train_test_split`, each size drawn from th
 `run_prefix_tuning.py` with `bench_quality.py`'s flags per method; only the number of epochs changes, by STEP_RULE.
 `--data sentences_50agree` runs the FinBERT anchor (Sentences_50Agree.txt, the same stratified 90/10 rule).
 `--holdout inner` replaces the held-out set by an inner split of the training data: settings (the step rule's
-floor, `--min_steps`; a learning rate, `--learning_rate`, refused on the 227) are chosen there, never on the 227.
+floor, `--min_steps`; other flags, `--settings`, refused on the 227) are chosen there, never on the 227.
 
 Each finished cell is appended to the results file as one JSON line; a rerun skips the cells already there.
 """
@@ -25,6 +25,8 @@ import argparse
 import json
 import math
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -126,7 +128,7 @@ def tokens_for_share(model_dir: str, gguf_file: str | None, share: float = 1e-3)
 
 def cell_key(row: dict) -> tuple:
     return (row["data"], row["holdout"], row["method"], row["size"], row["seed"], row["min_steps"],
-            row.get("learning_rate"))  # fmt: skip
+            row.get("setting"))  # fmt: skip
 
 
 def load_results(path: Path) -> list[dict]:
@@ -143,13 +145,13 @@ def cells(args, pool_size: int) -> list[dict]:
             n = pool_size if size == "all" else int(size)
             for method in args.methods:
                 for min_steps in args.min_steps:
-                    for lr in args.learning_rate or [None]:
+                    for setting in args.settings or [None]:
                         if method == "zero-shot":  # no training: one cell, whatever the size and seed
-                            n_cell, seed_cell, steps, lr = 0, 0, 0, None
+                            n_cell, seed_cell, steps, setting = 0, 0, 0, None
                         else:
                             n_cell, seed_cell, steps = n, seed, min_steps
                         cell = {"data": args.data, "holdout": args.holdout, "method": method, "size": n_cell,
-                                "seed": seed_cell, "min_steps": steps, **({"learning_rate": lr} if lr else {})}  # fmt: skip
+                                "seed": seed_cell, "min_steps": steps, **({"setting": setting} if setting else {})}  # fmt: skip
                         if cell not in out:
                             out.append(cell)
     return out
@@ -163,14 +165,59 @@ def cell_flags(cell: dict, virtual_tokens: int | None, run_args: str = "") -> li
         flags += ["--num_virtual_tokens", str(virtual_tokens)]
     if method != "zero-shot":
         flags += ["--num_train_epochs", str(epochs_for(cell["size"], cell["min_steps"]))]
-    if cell.get("learning_rate"):  # after the method's own: the last --learning_rate wins
-        flags += ["--learning_rate", f"{cell['learning_rate']:g}"]
+    if cell.get("setting"):
+        flags = apply_setting(flags, cell["setting"])
     return flags + run_args.split()
+
+
+BENCH_FLAGS = {"--model_name_or_path", "--gguf_file", "--train_file", "--validation_file", "--label_words",
+               "--num_train_epochs", "--seed", "--output_dir"}  # fmt: skip
+
+
+def _pairs(flags: list[str]) -> list[tuple[str, str | None]]:
+    """[(flag, value or None for a bare flag)] of a flag list."""
+    out = []
+    for i, token in enumerate(flags):
+        if token.startswith("--"):
+            value = flags[i + 1] if i + 1 < len(flags) and not flags[i + 1].startswith("--") else None
+            out.append((token, value))
+    return out
+
+
+def apply_setting(flags: list[str], setting: str) -> list[str]:
+    """The method's flags with those the setting names replaced by its values (`-`: the flag dropped)."""
+    changes = _pairs(shlex.split(setting))
+    named = {flag for flag, _ in changes}
+    kept = [item for flag, value in _pairs(flags) if flag not in named for item in (flag, value) if item is not None]
+    return kept + [item for flag, value in changes if value != "-" for item in (flag, value) if item is not None]
+
+
+def setting_problem(setting: str) -> str | None:
+    """Why a --settings string cannot run (checked before hours of runs start), or None."""
+    from prefix_tuning_utils.arguments import build_parser, nearest_flag
+
+    try:
+        tokens = shlex.split(setting)
+    except ValueError as err:
+        return f"cannot be split into flags ({err})."
+    if not tokens or not tokens[0].startswith("--"):
+        return "give run_prefix_tuning.py flags, such as `--learning_rate 3e-2`."
+    parser = build_parser()
+    known = {option for action in parser._actions for option in action.option_strings}
+    for flag, _ in _pairs(tokens):
+        if flag in BENCH_FLAGS:
+            return f"{flag} is set by the bench for every cell" + (
+                " (the step rule: change it with --min_steps)." if flag == "--num_train_epochs" else "."
+            )
+        if flag not in known:
+            close = nearest_flag(parser, flag)
+            return f"{flag} is not a run_prefix_tuning.py flag" + (f"; did you mean {close}?" if close else ".")
+    return None
 
 
 def run_cell(cell: dict, args, pool, held, virtual_tokens: int) -> dict:
     name = f"{cell['data']}-{cell['holdout']}-{cell['method']}-n{cell['size']}-s{cell['seed']}-m{cell['min_steps']}"
-    name += f"-lr{cell['learning_rate']:g}" if cell.get("learning_rate") else ""
+    name += "-" + re.sub(r"[^A-Za-z0-9.]+", "_", cell["setting"]).strip("_") if cell.get("setting") else ""
     out = Path(args.work_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     train_path, held_path = out / "train.txt", out / "heldout.txt"
@@ -290,9 +337,11 @@ def parse_args(argv=None):
                         help="training-set sizes: integers up to the training split, or `all`")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--min_steps", nargs="+", type=int, default=[MIN_STEPS], help="the step rule's floor")
-    parser.add_argument("--learning_rate", nargs="+", type=float, default=None,
-                        help="learning rates to try instead of each method's own (prefix 1e-2, LoRA 1e-3, full 5e-5); "
-                        "only with `--holdout inner`: a setting is chosen on the inner split, never on the 227")  # fmt: skip
+    parser.add_argument("--settings", nargs="+", default=None, metavar="FLAGS",
+                        help="settings to try, each a quoted string of run_prefix_tuning.py flags that replace the "
+                        "method's own (`--learning_rate 3e-2`; the value `-` drops a flag: `--prefix_init_text - "
+                        "--prefix_projection True`); only with `--holdout inner`: settings are chosen on the inner "
+                        "split, never on the 227")  # fmt: skip
     parser.add_argument("--data", choices=list(DATA_FILES), default="sentences_allagree")
     parser.add_argument("--holdout", choices=["test", "inner"], default="test",
                         help="`test`: the 227 held-out sentences; `inner`: an inner 90/10 split of the training data")  # fmt: skip
@@ -310,13 +359,15 @@ def parse_args(argv=None):
     for size in args.sizes:
         if size != "all" and not (size.isdigit() and int(size) > 0):
             parser.error(f"--sizes takes positive integers or `all`, got {size!r}.")
-    if args.learning_rate and args.holdout != "inner":
+    if args.settings and args.holdout != "inner":
         parser.error(
-            "--learning_rate is for choosing a setting on the inner split: add `--holdout inner` "
-            "(the 227 held-out sentences only measure the method's own learning rate)."
+            "--settings are for choosing on the inner split: add `--holdout inner` "
+            "(the 227 held-out sentences only measure the methods' own settings)."
         )
-    if args.learning_rate and not all(lr > 0 for lr in args.learning_rate):
-        parser.error(f"--learning_rate takes positive numbers, got {args.learning_rate}.")
+    for setting in args.settings or []:
+        problem = setting_problem(setting)
+        if problem:
+            parser.error(f"--settings {setting!r}: {problem}")
     if args.model_dir is None:
         args.model_dir = str(gguf_folder())
         args.gguf_file = args.gguf_file or GGUF_NAME
@@ -412,19 +463,19 @@ def goals(summary: dict, rows: list[dict], pool_size: int) -> str:
 
 
 def inner_table(rows: list[dict]) -> str:
-    """Settings chosen on the inner split of the training data (never the 227): floor of steps, learning rate."""
+    """Settings chosen on the inner split of the training data (never the 227): floor of steps, other flags."""
     inner = sorted((r for r in rows if r["holdout"] == "inner"),
-                   key=lambda r: (r["method"], r["size"], r["min_steps"], r.get("learning_rate") or 0, r["seed"]))  # fmt: skip
+                   key=lambda r: (r["method"], r["size"], r["min_steps"], r.get("setting") or "", r["seed"]))  # fmt: skip
     if not inner:
         return "Settings checked on the inner split (`--holdout inner`): **not run yet**."
     lines = [
         f"Settings checked on the inner split of the training data ({inner[0]['heldout']} held out of the 2,037; "
-        "never the 227): the step rule's floor and the learning rate (`method's`: prefix 1e-2, LoRA 1e-3, full 5e-5):\n",
-        "| method | sentences | floor of steps | epochs | learning rate | seed | inner accuracy | inner macro-F1 |",
+        "never the 227): the step rule's floor and other settings (`--settings`, in place of the method's own flags):\n",
+        "| method | sentences | floor of steps | epochs | setting | seed | inner accuracy | inner macro-F1 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [f"| {r['method']} | {r['size']} | {r['min_steps']} | {r['epochs']} | "
-              f"{format(r['learning_rate'], 'g') if r.get('learning_rate') else 'method' + chr(39) + 's'} | {r['seed']} | "
+              f"{'`' + r['setting'] + '`' if r.get('setting') else 'the method' + chr(39) + 's'} | {r['seed']} | "
               f"{r['accuracy']:.4f} | {r['macro_f1']:.4f} |" for r in inner]  # fmt: skip
     return "\n".join(lines)
 

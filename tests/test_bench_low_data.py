@@ -65,28 +65,35 @@ def test_quick_cell_runs_once_and_a_rerun_resumes(tmp_path, tiny_llama_dir, phra
     assert bench.load_results(results) == rows, "a rerun must not run or append a finished cell"
 
 
-def test_learning_rate_is_tried_on_the_inner_split_only(capsys):
+def test_settings_are_tried_on_the_inner_split_only(capsys):
+    settings = ["--learning_rate 3e-2", "--prefix_init_text - --prefix_projection True"]
     args = bench.parse_args(["--holdout", "inner", "--methods", "prefix", "full", "--sizes", "32", "--seeds", "1",
-                             "--learning_rate", "3e-3", "3e-2", "--model_dir", "unused"])  # fmt: skip
+                             "--settings", *settings, "--model_dir", "unused"])  # fmt: skip
     cells = bench.cells(args, 1833)
-    assert [(c["method"], c["learning_rate"]) for c in cells] == [  # fmt: skip
-        ("prefix", 3e-3),
-        ("prefix", 3e-2),
-        ("full", 3e-3),
-        ("full", 3e-2),
-    ]
-    default = {k: v for k, v in cells[0].items() if k != "learning_rate"}
-    assert len({bench.cell_key(c) for c in [*cells, default]}) == 5, "a tried rate must not resume the default cell"
-    flags = bench.cell_flags(cells[3], None)  # full at 3e-2
-    rates = [flags[i + 1] for i, f in enumerate(flags) if f == "--learning_rate"]
-    assert rates[-1] == "0.03" and "--num_train_epochs" in flags, "the tried rate must come last (argparse: last wins)"
-    assert "--learning_rate" not in bench.cell_flags(default, None)[-4:]
+    assert [(c["method"], c["setting"]) for c in cells] == [(m, s) for m in ("prefix", "full") for s in settings]
+    default = {k: v for k, v in cells[0].items() if k != "setting"}
+    assert len({bench.cell_key(c) for c in [*cells, default]}) == 5, "a tried setting must not resume the default cell"
+
+    def values(flags, name):
+        return [flags[i + 1] for i, f in enumerate(flags) if f == name]
+
+    full = bench.cell_flags(cells[2], None)  # full at 3e-2: the method's two rates (recipe's, full's) replaced
+    assert values(full, "--learning_rate") == ["3e-2"] and values(full, "--num_train_epochs")[-1] == "25"
+    projected = bench.cell_flags(cells[1], None)
+    assert "--prefix_init_text" not in projected and values(projected, "--prefix_projection") == ["True"]
+    recipe = bench.cell_flags(default, None)
+    assert values(recipe, "--learning_rate")[-1] == "0.01" and len(values(recipe, "--prefix_init_text")) == 1
+    assert recipe[recipe.index("--prompt_template") + 1] == projected[projected.index("--prompt_template") + 1]
     capsys.readouterr()
-    for argv, says in ((["--learning_rate", "3e-2"], "add `--holdout inner`"),
-                       (["--holdout", "inner", "--learning_rate", "0"], "positive numbers")):  # fmt: skip
+    for argv, says in (
+        (["--settings", "--learning_rate 3e-2"], "add `--holdout inner`"),
+        (["--holdout", "inner", "--settings", "--learnin_rate 3e-2"], "did you mean --learning_rate?"),
+        (["--holdout", "inner", "--settings", "3e-2"], "give run_prefix_tuning.py flags"),
+        (["--holdout", "inner", "--settings", "--num_train_epochs 3"], "change it with --min_steps"),
+    ):
         with pytest.raises(SystemExit) as err:
             bench.parse_args([*argv, "--model_dir", "unused"])
-        assert err.value.code == 2 and says in capsys.readouterr().err.splitlines()[-1]
+        assert err.value.code == 2 and says in capsys.readouterr().err.splitlines()[-1], argv
 
 
 def test_tokens_for_a_thousandth_of_the_parameters(tiny_llama_dir):
@@ -116,10 +123,12 @@ def test_table_and_plot_from_rows(tmp_path):
               "min_steps": m, "epochs": e, "heldout": 204, "accuracy": a, "macro_f1": a - 0.1}
              for m, e, a in ((200, 50, 0.85), (50, 13, 0.8))]  # fmt: skip
     table = bench.inner_table(rows + inner)
-    assert "(204 held out" in table and "| prefix | 32 | 50 | 13 | method's | 1 | 0.8000 | 0.7000 |" in table
+    assert "(204 held out" in table and "| prefix | 32 | 50 | 13 | the method's | 1 | 0.8000 | 0.7000 |" in table
     assert table.index("| 50 | 13 |") < table.index("| 200 | 50 |")  # ordered by floor of steps
-    tried = {**inner[0], "min_steps": 100, "epochs": 25, "learning_rate": 0.03, "accuracy": 0.9}
-    assert "| prefix | 32 | 100 | 25 | 0.03 | 1 | 0.9000 |" in bench.inner_table(rows + inner + [tried])
+    tried = {**inner[0], "min_steps": 100, "epochs": 25, "setting": "--learning_rate 3e-2", "accuracy": 0.9}
+    assert "| prefix | 32 | 100 | 25 | `--learning_rate 3e-2` | 1 | 0.9000 |" in bench.inner_table(
+        rows + inner + [tried]
+    )
     assert "0.3000" not in table  # cells scored on the 227 are not part of the check
     bench.plot(summary, [32, 2037], tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
