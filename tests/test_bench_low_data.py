@@ -63,6 +63,12 @@ def test_quick_cell_runs_once_and_a_rerun_resumes(tmp_path, tiny_llama_dir, phra
     bench.main(argv)
     assert "skip (finished)" in capsys.readouterr().out
     assert bench.load_results(results) == rows, "a rerun must not run or append a finished cell"
+    # A setting tried on the inner split runs through the script with the method's conflicting flag dropped.
+    setting = "--prefix_init_text - --prefix_projection True"
+    bench.main([*argv, "--holdout", "inner", "--settings", setting])
+    tried = bench.load_results(results)[-1]
+    assert (tried["holdout"], tried["heldout"], tried["setting"]) == ("inner", 204, setting)
+    assert tried["trainable"] > row["trainable"], "the projection's MLP trains on top of the prefix"
 
 
 def test_settings_are_tried_on_the_inner_split_only(capsys):
