@@ -462,6 +462,15 @@ def goals(summary: dict, rows: list[dict], pool_size: int) -> str:
     return "\n".join(out)
 
 
+def shown_setting(setting: str | None, width: int = 72) -> str:
+    """A setting as one Markdown table cell: newlines as \\n, pipes escaped, long texts cut with an ellipsis."""
+    if not setting:
+        return "the method's"
+    text = setting.replace("\n", "\\n")
+    text = text if len(text) <= width else text[: width - 1] + "…"
+    return "`" + text.replace("|", "\\|") + "`"
+
+
 def inner_table(rows: list[dict]) -> str:
     """Settings chosen on the inner split of the training data (never the 227): floor of steps, other flags."""
     inner = sorted((r for r in rows if r["holdout"] == "inner"),
@@ -475,7 +484,7 @@ def inner_table(rows: list[dict]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [f"| {r['method']} | {r['size']} | {r['min_steps']} | {r['epochs']} | "
-              f"{'`' + r['setting'] + '`' if r.get('setting') else 'the method' + chr(39) + 's'} | {r['seed']} | "
+              f"{shown_setting(r.get('setting'))} | {r['seed']} | "
               f"{r['accuracy']:.4f} | {r['macro_f1']:.4f} |" for r in inner]  # fmt: skip
     return "\n".join(lines)
 

@@ -135,6 +135,9 @@ def test_table_and_plot_from_rows(tmp_path):
     assert "| prefix | 32 | 100 | 25 | `--learning_rate 3e-2` | 1 | 0.9000 |" in bench.inner_table(
         rows + inner + [tried]
     )
+    text = {**tried, "setting": '--prefix_init_text "a | b\nc' + " long" * 30 + '"'}
+    row = bench.inner_table([text]).splitlines()[-1]
+    assert '`--prefix_init_text "a \\| b\\nc long' in row and row.count(" | ") == 7 and "…`" in row and len(row) < 140
     assert "0.3000" not in table  # cells scored on the 227 are not part of the check
     bench.plot(summary, [32, 2037], tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
