@@ -22,6 +22,7 @@ Each finished cell is appended to the results file as one JSON line; a rerun ski
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -215,9 +216,17 @@ def setting_problem(setting: str) -> str | None:
     return None
 
 
-def run_cell(cell: dict, args, pool, held, virtual_tokens: int) -> dict:
+def cell_name(cell: dict) -> str:
+    """The cell's folder name: its key, a setting as its first words and a digest (a file name has at most 255 bytes)."""
     name = f"{cell['data']}-{cell['holdout']}-{cell['method']}-n{cell['size']}-s{cell['seed']}-m{cell['min_steps']}"
-    name += "-" + re.sub(r"[^A-Za-z0-9.]+", "_", cell["setting"]).strip("_") if cell.get("setting") else ""
+    if cell.get("setting"):
+        words = re.sub(r"[^A-Za-z0-9.]+", "_", cell["setting"]).strip("_")[:40]
+        name += f"-{words}-{hashlib.sha1(cell['setting'].encode()).hexdigest()[:8]}"
+    return name
+
+
+def run_cell(cell: dict, args, pool, held, virtual_tokens: int) -> dict:
+    name = cell_name(cell)
     out = Path(args.work_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     train_path, held_path = out / "train.txt", out / "heldout.txt"

@@ -90,6 +90,9 @@ def test_settings_are_tried_on_the_inner_split_only(capsys):
     recipe = bench.cell_flags(default, None)
     assert values(recipe, "--learning_rate")[-1] == "0.01" and len(values(recipe, "--prefix_init_text")) == 1
     assert recipe[recipe.index("--prompt_template") + 1] == projected[projected.index("--prompt_template") + 1]
+    long = [{**cells[0], "setting": f'--prefix_init_text "{"x" * 300}{end}"'} for end in "ab"]
+    names = [bench.cell_name(c) for c in long]
+    assert names[0] != names[1] and max(map(len, names)) < 120, "a folder name must stay short and unique"
     capsys.readouterr()
     for argv, says in (
         (["--settings", "--learning_rate 3e-2"], "add `--holdout inner`"),
