@@ -490,7 +490,7 @@ def inner_table(rows: list[dict]) -> str:
         f"Settings checked on the inner split of the training data ({inner[0]['heldout']} held out of the 2,037; "
         "never the 227): the step rule's floor and other settings (`--settings`, in place of the method's own flags):\n",
         "| method | sentences | floor of steps | epochs | setting | seed | inner accuracy | inner macro-F1 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     lines += [f"| {r['method']} | {r['size']} | {r['min_steps']} | {r['epochs']} | "
               f"{shown_setting(r.get('setting'))} | {r['seed']} | "
