@@ -43,7 +43,15 @@ REPO = Path(__file__).resolve().parent.parent
 LABELS = ["negative", "neutral", "positive"]
 DATA_FILES = {"sentences_allagree": "Sentences_AllAgree.txt", "sentences_50agree": "Sentences_50Agree.txt"}
 SIZES = [32, 64, 128, 256, 512]  # and "all": the whole training split
-METHODS = ["zero-shot", "prefix", "lora", "full", "prefix-1000x"]
+METHODS = ["zero-shot", "prefix", "lora", "full", "prefix-1000x", "prefix-examples"]
+# prefix-examples: the recipe with its prefix initialised from three labelled example sentences instead of the task
+# description (61 tokens either way). The sentences are made up, not taken from the data. Chosen on the inner split
+# (`--holdout inner --settings`, prefix at 32 sentences, seed 1): 0.912 against the description's 0.873.
+EXAMPLES_INIT_TEXT = (
+    "Sentence: Net sales rose 12 % to EUR 40 million.\nSentiment: positive\n"
+    "Sentence: The company will cut 200 jobs after a loss.\nSentiment: negative\n"
+    "Sentence: The company has offices in Helsinki.\nSentiment: neutral\nSentence:"
+)
 SPLIT_PERCENT, SPLIT_SEED = 10, 42  # bench_quality.py's held-out split (the recipe's)
 BATCH_SIZE = 8  # the recipe's per_device_train_batch_size
 # STEP_RULE: train for at least MIN_STEPS optimizer steps and at least one epoch:
@@ -161,7 +169,9 @@ def cells(args, pool_size: int) -> list[dict]:
 def cell_flags(cell: dict, virtual_tokens: int | None, run_args: str = "") -> list[str]:
     """run_prefix_tuning.py flags of a cell: the method's (bench_quality.py), then the cell's epochs and settings."""
     method = cell["method"]
-    flags = method_flags("prefix" if method == "prefix-1000x" else method)
+    flags = method_flags("prefix" if method.startswith("prefix") else method)
+    if method == "prefix-examples":
+        flags = apply_setting(flags, shlex.join(["--prefix_init_text", EXAMPLES_INIT_TEXT]))
     if method == "prefix-1000x":
         flags += ["--num_virtual_tokens", str(virtual_tokens)]
     if method != "zero-shot":
@@ -262,7 +272,9 @@ def run_cell(cell: dict, args, pool, held, virtual_tokens: int) -> dict:
     return {
         **cell,
         "epochs": epochs,
-        "virtual_tokens": virtual_tokens if method == "prefix-1000x" else (61 if method == "prefix" else None),
+        "virtual_tokens": virtual_tokens
+        if method == "prefix-1000x"
+        else (61 if method.startswith("prefix") else None),
         "heldout": len(held),
         "accuracy": results["eval_accuracy"],
         "macro_f1": results["eval_macro_f1"],

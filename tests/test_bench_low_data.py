@@ -105,6 +105,22 @@ def test_settings_are_tried_on_the_inner_split_only(capsys):
         assert err.value.code == 2 and says in capsys.readouterr().err.splitlines()[-1], argv
 
 
+def test_prefix_examples_is_the_recipe_with_another_init_text():
+    cell = {
+        "data": "sentences_allagree",
+        "holdout": "test",
+        "method": "prefix",
+        "size": 32,
+        "seed": 1,
+        "min_steps": 100,
+    }
+    recipe, examples = bench.cell_flags(cell, None), bench.cell_flags({**cell, "method": "prefix-examples"}, None)
+    texts = [f[i + 1] for f in (recipe, examples) for i, flag in enumerate(f) if flag == "--prefix_init_text"]
+    assert texts[1:] == [bench.EXAMPLES_INIT_TEXT] and texts[0] != texts[1]
+    without = [[x for x in f if x not in texts] for f in (recipe, examples)]
+    assert sorted(without[0]) == sorted(without[1]), "only the initialisation text may differ from the recipe"
+
+
 def test_tokens_for_a_thousandth_of_the_parameters(tiny_llama_dir):
     share = bench.tokens_for_share(str(tiny_llama_dir), None, share=0.02)
     assert share["per_token"] == 64 and share["model_parameters"] == 24096
