@@ -166,6 +166,10 @@ def cells(args, pool_size: int) -> list[dict]:
     return out
 
 
+def cell_epochs(cell: dict) -> int:
+    return 0 if cell["method"] == "zero-shot" else epochs_for(cell["size"], cell["min_steps"])
+
+
 def cell_flags(cell: dict, virtual_tokens: int | None, run_args: str = "") -> list[str]:
     """run_prefix_tuning.py flags of a cell: the method's (bench_quality.py), then the cell's epochs and settings."""
     method = cell["method"]
@@ -175,7 +179,7 @@ def cell_flags(cell: dict, virtual_tokens: int | None, run_args: str = "") -> li
     if method == "prefix-1000x":
         flags += ["--num_virtual_tokens", str(virtual_tokens)]
     if method != "zero-shot":
-        flags += ["--num_train_epochs", str(epochs_for(cell["size"], cell["min_steps"]))]
+        flags += ["--num_train_epochs", str(cell_epochs(cell))]
     if cell.get("setting"):
         flags = apply_setting(flags, cell["setting"])
     return flags + run_args.split()
@@ -214,13 +218,12 @@ def setting_problem(setting: str) -> str | None:
     if not tokens or not tokens[0].startswith("--"):
         return "give run_prefix_tuning.py flags, such as `--learning_rate 3e-2`."
     parser = build_parser()
-    known = {option for action in parser._actions for option in action.option_strings}
     for flag, _ in _pairs(tokens):
         if flag in BENCH_FLAGS:
             return f"{flag} is set by the bench for every cell" + (
                 " (the step rule: change it with --min_steps)." if flag == "--num_train_epochs" else "."
             )
-        if flag not in known:
+        if flag not in parser._option_string_actions:
             close = nearest_flag(parser, flag)
             return f"{flag} is not a run_prefix_tuning.py flag" + (f"; did you mean {close}?" if close else ".")
     return None
@@ -248,7 +251,6 @@ def run_cell(cell: dict, args, pool, held, virtual_tokens: int) -> dict:
         subset = nested_subsets(pool.labels, [s for s in SIZES if s < len(pool)] + [len(pool)], cell["seed"])
         chosen = subset[cell["size"]]
         write_phrasebank(train_path, [pool.texts[i] for i in chosen], [pool.labels[i] for i in chosen])
-    epochs = epochs_for(cell["size"], cell["min_steps"]) if method != "zero-shot" else 0
     flags = cell_flags(cell, virtual_tokens, args.run_args)
     command = [
         sys.executable, str(REPO / "run_prefix_tuning.py"),
@@ -258,6 +260,7 @@ def run_cell(cell: dict, args, pool, held, virtual_tokens: int) -> dict:
         "--seed", str(cell["seed"]), "--output_dir", str(out / "run"), "--overwrite_output_dir",
         "--save_strategy", "no",
     ]  # fmt: skip
+    tokens = [flags[i + 1] for i, flag in enumerate(flags[:-1]) if flag == "--num_virtual_tokens"]  # the last wins
     start = time.time()
     log_path = out / "run.log"
     with open(log_path, "w") as log:
@@ -271,10 +274,8 @@ def run_cell(cell: dict, args, pool, held, virtual_tokens: int) -> dict:
         (out / "run" / big).unlink(missing_ok=True)
     return {
         **cell,
-        "epochs": epochs,
-        "virtual_tokens": virtual_tokens
-        if method == "prefix-1000x"
-        else (61 if method.startswith("prefix") else None),
+        "epochs": cell_epochs(cell),
+        "virtual_tokens": int(tokens[-1]) if method.startswith("prefix") and tokens else None,
         "heldout": len(held),
         "accuracy": results["eval_accuracy"],
         "macro_f1": results["eval_macro_f1"],
