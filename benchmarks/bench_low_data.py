@@ -267,8 +267,11 @@ def run_cell(cell: dict, args, pool, held, virtual_tokens: int) -> dict:
         proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.time() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{name} failed; see {log_path}")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        last = next((line for line in reversed(log_path.read_text(errors="replace").splitlines()) if line.strip()), "")
+        sys.exit(f"{name} failed (exit code {code}): {last.strip()[:300]}\nWhole log: {log_path}; the finished cells "
+                 f"are kept in {args.results}, rerun the same command to go on.")  # fmt: skip
     results = json.loads((out / "run" / "all_results.json").read_text())
     for big in ("model.safetensors", "adapter_model.safetensors", "optimizer.pt"):  # a full model is 513 MB a cell
         (out / "run" / big).unlink(missing_ok=True)
@@ -411,10 +414,13 @@ def main(argv=None) -> None:
     share = tokens_for_share(args.model_dir, args.gguf_file) if "prefix-1000x" in args.methods else {"tokens": None}
     done = {cell_key(row) for row in load_results(results_path)}
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    for cell in cells(args, len(pool)):
+    todo = cells(args, len(pool))
+    for number, cell in enumerate(todo, 1):
         if cell_key(cell) in done:
             print(f"skip (finished): {cell}", flush=True)
             continue
+        print(f"[{number}/{len(todo)}] {time.strftime('%H:%M:%S')} {cell_name(cell)}: running "
+              f"(log: {Path(args.work_dir) / cell_name(cell) / 'run.log'})", flush=True)  # fmt: skip
         row = run_cell(cell, args, pool, held, share["tokens"])
         with open(results_path, "a") as handle:
             handle.write(json.dumps(row) + "\n")

@@ -70,6 +70,13 @@ def test_quick_cell_runs_once_and_a_rerun_resumes(tmp_path, tiny_llama_dir, phra
     tried = bench.load_results(results)[-1]
     assert (tried["holdout"], tried["heldout"], tried["setting"]) == ("inner", 204, setting)
     assert tried["trainable"] > row["trainable"], "the projection's MLP trains on top of the prefix"
+    # A cell whose run fails stops the bench with the run's own last line; the finished cells stay.
+    kept = results.read_bytes()
+    with pytest.raises(SystemExit) as err:
+        bench.main([*argv, "--holdout", "inner", "--model_dir", str(tmp_path / "missing")])
+    message = str(err.value.code)
+    assert "failed (exit code 2)" in message and "missing" in message.splitlines()[0], message
+    assert "rerun the same command" in message and results.read_bytes() == kept
 
 
 def test_settings_are_tried_on_the_inner_split_only(capsys):
