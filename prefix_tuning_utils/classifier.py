@@ -238,6 +238,18 @@ class PrefixClassifier:
                 raise ValueError(f"Input {index} is empty: there is nothing to classify.")
         return texts
 
+    def score_batch(self, texts: list[str]) -> tuple[list[list[dict]], torch.Tensor]:
+        """Score mode's answers for one batch, and the summed log-probabilities they come from, shape (texts, labels):
+        evaluation reads the loss of the true label from them instead of running the model once more."""
+        log_scores = self.scorer.log_scores(texts)
+        ranked = [
+            sorted(
+                ({"label": label, "score": p} for label, p in zip(self.labels, probs)), key=lambda item: -item["score"]
+            )
+            for probs in torch.softmax(log_scores, dim=1).tolist()
+        ]
+        return ranked, log_scores
+
     def answer_batch(self, texts: list[str], with_scores: bool = True) -> list[list[dict]]:
         """One batch, as it goes through the model: for each text, its labels best first (score mode) or the
         one answer it wrote (generate mode). Texts are used as they are (no checks, no stripping).
@@ -245,14 +257,7 @@ class PrefixClassifier:
         This is the one answering path: `--do_predict` and evaluation call it too. ``with_scores=False`` skips the
         extra scoring pass of generate mode (``score`` is then None), for callers that keep only the answer."""
         if self.mode == "score":
-            probabilities = self.scorer.probabilities(texts).tolist()
-            return [
-                sorted(
-                    ({"label": label, "score": p} for label, p in zip(self.labels, probs)),
-                    key=lambda item: -item["score"],
-                )
-                for probs in probabilities
-            ]
+            return self.score_batch(texts)[0]
         words = {normalise_answer(label): index for index, label in enumerate(self.labels)}
         answers = self.scorer.generate(texts, num_beams=self.num_beams)
         if with_scores:  # P(the model writes the label + end of sequence)

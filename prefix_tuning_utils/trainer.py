@@ -165,6 +165,8 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
         check_distributed_setup(self)
         self.scorer, self.eval_examples, self.eval_mode = scorer, eval_examples, eval_mode
         self.last_eval_answers: tuple[list[str], list[str]] | None = None
+        self._own_eval_set = False  # evaluate() on the trainer's own eval set (not one passed in)
+        self._loss_from_scores = False  # this evaluation takes its loss from the label scores (evaluation_loop)
         self._flops_per_token: float | None = None  # floating_point_ops
 
     # --- --cache_encoder_outputs (encoder_cache.py) ------------------------------------------------------------
@@ -332,6 +334,33 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
             and (self.eval_mode == "score" or self.scorer.task == "causal")
         )
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **gen_kwargs):
+        self._own_eval_set = eval_dataset is None
+        try:
+            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix,
+                                    **gen_kwargs)  # fmt: skip
+        finally:
+            self._own_eval_set = False
+
+    def loss_from_scores(self, prediction_loss_only: bool, metric_key_prefix: str) -> bool:
+        """Whether this evaluation's loss can be read from the label scores instead of a pass of its own.
+
+        Score mode already computes, for every held-out sentence, the summed log-probability of each label's tokens
+        (end-of-sequence included): the true label's is minus the summed cross-entropy of exactly the tokens the
+        loss pass would score. So ``eval_loss`` = that sum over the set / the number of those tokens, and the
+        evaluation runs the model once instead of twice (the loss pass was about half of a SmolLM2 evaluation).
+        Not when the loop's outputs are needed (``compute_metrics``), on another dataset than the trainer's
+        own, or when --max_target_length cuts a label word (the loss pass would score fewer tokens).
+        """
+        return (
+            self._own_eval_set
+            and self.own_metrics
+            and self.eval_mode == "score"
+            and metric_key_prefix == "eval"
+            and prediction_loss_only
+            and max(len(answer) for answer in self.scorer.answers) <= self.scorer.data_args.max_target_length
+        )
+
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):  # fmt: skip
         if self.compute_metrics is None:
@@ -343,14 +372,25 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
             self.gather_function = functools.partial(
                 self.accelerator.gather_for_metrics, use_gather_object=self.args.eval_use_gather_object
             )
-        output = super().evaluation_loop(
-            dataloader, description, prediction_loss_only=prediction_loss_only, ignore_keys=ignore_keys,
-            metric_key_prefix=metric_key_prefix,
-        )  # fmt: skip
-        if self.own_metrics and metric_key_prefix == "eval":
-            metrics = self.answer_metrics(self.eval_examples)
-            output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in metrics.items()})
+        self._loss_from_scores = self.loss_from_scores(bool(prediction_loss_only), metric_key_prefix)
+        try:
+            # The loop still prepares the model (FSDP, DeepSpeed), counts the examples and runs the callbacks;
+            # with the loss taken from the scores, its prediction_step does not run the model.
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only=prediction_loss_only, ignore_keys=ignore_keys,
+                metric_key_prefix=metric_key_prefix,
+            )  # fmt: skip
+            if self.own_metrics and metric_key_prefix == "eval":
+                metrics = self.answer_metrics(self.eval_examples)
+                output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in metrics.items()})
+        finally:
+            self._loss_from_scores = False
         return output
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        if self._loss_from_scores:
+            return None, None, None  # the loss comes from the label scores (loss_from_scores)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save as usual, plus `prefix_tuning.json` (label words, input format), so the model scores on its own."""
@@ -360,11 +400,13 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
                 output_dir or self.args.output_dir, self.scorer.labels, self.scorer.data_args, self.scorer.task
             )
 
-    def answer(self, texts: list[str]) -> list[str]:
-        """The label (score mode) or the decoded answer (generate mode) for each text, across all processes."""
+    def answer(self, texts: list[str], labels: list[str] | None = None) -> tuple[list[str], float | None]:
+        """The label (score mode) or the decoded answer (generate mode) for each text, across all processes, and,
+        given the true labels in score mode, the mean cross-entropy of their tokens (else None)."""
         batch_size = self.args.per_device_eval_batch_size
+        want_loss = labels is not None and self.eval_mode == "score"
         with self.accelerator.split_between_processes(list(range(len(texts)))) as indices:
-            answers = []
+            answers, loss_sum, loss_tokens = [], 0.0, 0
             progress = tqdm(  # its own bar: the evaluation loss's bar ends before the answering starts
                 total=len(indices), unit="rows", desc="Scoring labels" if self.eval_mode == "score" else "Answering",
                 disable=self.args.disable_tqdm or not self.is_local_process_zero(), leave=False,
@@ -373,21 +415,35 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
                 self.scorer, self.eval_mode, batch_size, num_beams=self.args.generation_num_beams or 1
             )
             for start in range(0, len(indices), batch_size):
-                chunk = [texts[i] for i in indices[start : start + batch_size]]
-                for ranked in classifier.answer_batch(chunk, with_scores=False):
-                    answers.append(ranked[0]["label"] if self.eval_mode == "score" else ranked[0]["answer"])
+                rows = indices[start : start + batch_size]
+                chunk = [texts[i] for i in rows]
+                if self.eval_mode == "score":
+                    ranked, log_scores = classifier.score_batch(chunk)
+                    answers.extend(best[0]["label"] for best in ranked)
+                    if want_loss:
+                        gold = [self.scorer.labels.index(labels[i]) for i in rows]
+                        loss_sum -= log_scores[torch.arange(len(rows)), gold].double().sum().item()
+                        loss_tokens += sum(len(self.scorer.answers[k]) for k in gold)
+                else:
+                    answers.extend(ranked[0]["answer"] for ranked in classifier.answer_batch(chunk, with_scores=False))
                 progress.update(len(chunk))
             progress.close()
-        # split_between_processes gives contiguous chunks in rank order, so gathering restores the input order.
-        return gather_object(answers) if self.accelerator.num_processes > 1 else answers
+        if self.accelerator.num_processes > 1:
+            # split_between_processes gives contiguous chunks in rank order, so gathering restores the input order.
+            answers = gather_object(answers)
+            sums = gather_object([(loss_sum, loss_tokens)])
+            loss_sum, loss_tokens = sum(s for s, _ in sums), sum(n for _, n in sums)
+        return answers, (loss_sum / loss_tokens if want_loss and loss_tokens else None)
 
     def answer_metrics(self, examples: LabelledData) -> dict[str, float]:
+        """Accuracy and F1 of the answers to `examples`, and `loss` when this evaluation takes it from the scores."""
         model = self.model
         self.scorer.model = self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
         with torch.no_grad():
-            answers = self.answer(examples.texts)
+            answers, loss = self.answer(examples.texts, list(examples.labels) if self._loss_from_scores else None)
         self.last_eval_answers = (answers, list(examples.labels))  # for the model card's confusion matrix
-        return classification_metrics(answers, examples.labels, self.scorer.labels)
+        metrics = classification_metrics(answers, examples.labels, self.scorer.labels)
+        return {"loss": loss, **metrics} if loss is not None else metrics
 
 
 def set_sample_count(metrics: dict, prefix: str, expected: int) -> None:

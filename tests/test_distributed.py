@@ -246,6 +246,26 @@ def test_two_cpu_processes_match_one(tmp_path, model_dir, held_out_count):
 
 
 @pytest.mark.slow
+def test_two_processes_give_the_eval_loss_and_answers_of_one(tmp_path, tiny_llama_dir):
+    """Score mode on 2 processes: every held-out sentence answered once, and the eval_loss read from the label
+    scores is the mean over all target tokens, whatever the split (17 sentences, eval batches of 5 per process)."""
+    common = [
+        "--model_name_or_path", tiny_llama_dir, "--train_file", QUICKSTART,
+        "--label_words", "negative,neutral,positive", "--tuning_method", "full", "--do_train", "false",
+        "--do_eval", "--per_device_eval_batch_size", "5", "--report_to", "none", "--disable_tqdm", "true",
+    ]  # fmt: skip
+    run_main([*common, "--output_dir", tmp_path / "one"])
+    log = run_launch("--config_file", "accelerate_configs/multi_cpu.yaml", "run_prefix_tuning.py", *map(str, common),
+                     "--output_dir", str(tmp_path / "two"))  # fmt: skip
+    assert "Process rank: 1 of 2" in log
+    one = json.loads((tmp_path / "one" / "all_results.json").read_text())
+    two = json.loads((tmp_path / "two" / "all_results.json").read_text())
+    assert one["eval_samples"] == two["eval_samples"] == 17
+    assert (two["eval_accuracy"], two["eval_macro_f1"]) == (one["eval_accuracy"], one["eval_macro_f1"])
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-6)
+
+
+@pytest.mark.slow
 def test_two_machines_on_loopback_train_and_save_one_adapter(tmp_path, model_dir):
     """multi_node.yaml with its placeholders filled in on the command line: machine ranks 0 and 1 on 127.0.0.1."""
     port = free_port()
