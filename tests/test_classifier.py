@@ -105,8 +105,16 @@ def assert_same_as_do_predict(classifier: PrefixClassifier, rows: list[dict], mo
         assert [a["answer"] for a in answers] == [row["answer"] for row in rows]
 
 
+# Full fine-tuning trains for epochs, not 4 steps: its cases run with the slow tests (CI runs them all).
+SLOW_CASES = {"t5-full", "llama-full"}
+
+
+def case(name: str):
+    return pytest.param(name, marks=pytest.mark.slow) if name in SLOW_CASES else name
+
+
 @pytest.mark.parametrize("mode", ["score", "generate"])
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [case(name) for name in CASES])
 def test_api_equals_do_predict_from_a_folder(trained, name, mode):
     out = trained(name)
     rows = read_rows(out / mode)
@@ -144,7 +152,7 @@ def test_api_equals_do_predict_from_the_fake_hub(trained, name, tmp_path, monkey
         assert hub.unhandled == [], [r.path for r in hub.unhandled]
 
 
-@pytest.mark.parametrize("name", ["t5-prefix", "llama-prefix", "t5-full"])
+@pytest.mark.parametrize("name", [case(name) for name in ("t5-prefix", "llama-prefix", "t5-full")])
 def test_batched_equals_one_by_one(trained, name):
     texts = [row["text"] for row in read_rows(trained(name) / "score")][:12]
     for mode in ("score", "generate"):
