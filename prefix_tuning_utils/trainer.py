@@ -431,8 +431,9 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
         if self.accelerator.num_processes > 1:
             # split_between_processes gives contiguous chunks in rank order, so gathering restores the input order.
             answers = gather_object(answers)
-            sums = gather_object([(loss_sum, loss_tokens)])
-            loss_sum, loss_tokens = sum(s for s, _ in sums), sum(n for _, n in sums)
+            if want_loss:  # the same on every process, so all of them take part in this gather or none
+                sums = gather_object([(loss_sum, loss_tokens)])
+                loss_sum, loss_tokens = sum(s for s, _ in sums), sum(n for _, n in sums)
         return answers, (loss_sum / loss_tokens if want_loss and loss_tokens else None)
 
     def answer_metrics(self, examples: LabelledData) -> dict[str, float]:
