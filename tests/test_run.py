@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -81,12 +79,12 @@ def test_financial_phrasebank_file_end_to_end(tmp_path, tiny_t5_dir, phrasebank_
     assert adapter["peft_type"] == "PREFIX_TUNING" and adapter["num_virtual_tokens"] == 20
 
 
-def test_help_lists_every_argument_with_its_help():
-    result = subprocess.run(
-        [sys.executable, "run_prefix_tuning.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    text = " ".join(result.stdout.split())
+def test_help_lists_every_argument_with_its_help(capsys):
+    """In-process (a real process runs the script in the slow test_bad_input_exit_code_in_a_real_process)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.cli(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
     for dataclass in (ModelArguments, DataTrainingArguments, PrefixArguments, PredictArguments):
         for field in dataclasses.fields(dataclass):
             assert f"--{field.name}" in text, field.name
@@ -141,16 +139,12 @@ def test_learning_rate_defaults_to_the_tuning_methods(tmp_path, method, extra, e
         ("model_name_or_path: [t5-small\n", "not valid YAML"),
     ],
 )
-def test_bad_recipe_is_refused_with_one_line(tmp_path, content, message):
+def test_bad_recipe_is_refused_with_one_line(tmp_path, capsys, content, message):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(content)
-    result = subprocess.run(
-        [sys.executable, "run_prefix_tuning.py", recipe, "--output_dir", tmp_path / "out"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        cli.cli([str(recipe), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
