@@ -380,7 +380,9 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
                 dataloader, description, prediction_loss_only=prediction_loss_only, ignore_keys=ignore_keys,
                 metric_key_prefix=metric_key_prefix,
             )  # fmt: skip
-            if self.own_metrics and metric_key_prefix == "eval":
+            if self._own_eval_set and self.own_metrics and metric_key_prefix == "eval":
+                # The held-out examples' accuracy and F1; another dataset passed to evaluate() gets its loss only
+                # (its examples are token ids here, not the sentences and labels that the scorer answers).
                 metrics = self.answer_metrics(self.eval_examples)
                 output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in metrics.items()})
         finally:

@@ -21,6 +21,14 @@ def counting_forwards(module):
         handle.remove()
 
 
+@contextlib.contextmanager
+def loss_pass_forced(trainer):
+    """The evaluation as it was before the loss came from the scores: the Trainer's loss pass runs."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "loss_from_scores", lambda *args, **kwargs: False)
+        yield
+
+
 @pytest.mark.parametrize(("model", "method"), [("t5", "prefix"), ("llama", "prefix"), ("llama", "lora")])
 def test_eval_loss_from_the_label_scores_equals_the_loss_pass(tmp_path, tiny_t5_dir, tiny_llama_dir, model, method):
     out = tmp_path / "run"
@@ -41,12 +49,18 @@ def test_eval_loss_from_the_label_scores_equals_the_loss_pass(tmp_path, tiny_t5_
     base = trainer.model.get_base_model()
     with counting_forwards(base) as from_scores:
         metrics = trainer.evaluate()
-    with counting_forwards(base) as with_loss_pass:
-        reference = trainer.evaluate(eval_dataset=trainer.eval_dataset)  # another dataset: the loss pass runs
+    with counting_forwards(base) as with_loss_pass, loss_pass_forced(trainer):
+        reference = trainer.evaluate()
     assert len(with_loss_pass) - len(from_scores) == 1, "the scores must replace the loss pass's one batch"
     assert metrics["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-5, abs=1e-6)
     assert written["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-6)
     assert metrics["eval_accuracy"] == reference["eval_accuracy"] and metrics["eval_samples"] == 17
+    # Another dataset (here the same, passed in): its loss, from the loss pass; no accuracy, which would be the
+    # trainer's own held-out sentences' (the scorer answers those, not the token ids passed in).
+    with counting_forwards(base) as calls:
+        other = trainer.evaluate(eval_dataset=trainer.eval_dataset)
+    assert len(calls) == 1 and other["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-6)
+    assert "eval_accuracy" not in other and "eval_macro_f1" not in other, other
 
 
 def test_the_loss_pass_runs_where_the_scores_cannot_give_the_loss(tmp_path, tiny_t5_dir):
@@ -64,6 +78,6 @@ def test_the_loss_pass_runs_where_the_scores_cannot_give_the_loss(tmp_path, tiny
     base = trainer.model.get_base_model()
     with counting_forwards(base) as calls:
         own = trainer.evaluate()
-    with counting_forwards(base) as reference_calls:
-        reference = trainer.evaluate(eval_dataset=trainer.eval_dataset)
+    with counting_forwards(base) as reference_calls, loss_pass_forced(trainer):
+        reference = trainer.evaluate()
     assert len(calls) == len(reference_calls) and own["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-6)
