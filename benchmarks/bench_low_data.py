@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from bench_quality import GGUF_NAME, gguf_folder, method_flags
-from common import machine_line, write_readme_block
+from common import machine_line, replace_block, write_readme_block
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -379,7 +379,11 @@ def parse_args(argv=None):
     parser.add_argument("--run_args", default="",
                         help="flags appended to every run_prefix_tuning.py command (tests: a tiny model's settings)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="one small cell: prefix, 32 sentences, seed 1")
-    parser.add_argument("--write-readme", action="store_true", help="table + PNG into benchmarks/README.md, no runs")
+    parser.add_argument(
+        "--write-readme",
+        action="store_true",
+        help="table + PNG into benchmarks/README.md and the table into README.md's quality section; no runs",
+    )
     args = parser.parse_args(argv)
     for size in args.sizes:
         if size != "all" and not (size.isdigit() and int(size) > 0):
@@ -532,6 +536,8 @@ def write_readme(rows: list[dict]) -> None:
     text += "\n\n" + inner_table(rows)
     text += "\n\nThe issue's goals against these figures:\n\n" + goals(summary, rows, pool_size)
     write_readme_block(__file__, "Low data", text, machine_line())
+    # The project README's quality section shows the same table (and the same PNG, drawn above).
+    replace_block(REPO / "README.md", "bench_low_data", markdown_table(summary, sizes) + "\n\n" + finbert_table(rows))
 
 
 if __name__ == "__main__":

@@ -87,6 +87,17 @@ def peak_rss_mib(usage) -> float:
     return usage.ru_maxrss / 1024
 
 
+def replace_block(path: Path, name: str, text: str) -> None:
+    """Put `text` between the lines `<!-- name:start -->` and `<!-- name:end -->` of `path`, which must have them."""
+    current = path.read_text()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if current.count(start) != 1 or current.count(end) != 1 or current.index(start) > current.index(end):
+        sys.exit(f"{path} must hold the lines {start} and {end} once each, in that order: put them back where the "
+                 "table goes.")  # fmt: skip
+    before, after = current[: current.index(start)], current[current.index(end) + len(end) :]
+    path.write_text(f"{before}{start}\n{text}\n{end}{after}")
+
+
 def write_readme_block(script: str, heading: str, text: str, machine: str) -> None:
     """Put `text` between the markers of `script` in benchmarks/README.md (a new `heading` section if absent)."""
     import datetime

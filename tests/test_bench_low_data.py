@@ -177,3 +177,18 @@ def test_bad_sizes_are_refused(sizes, tmp_path, tiny_llama_dir, phrasebank_env):
     with pytest.raises(SystemExit) as err:
         bench.main(argv)
     assert err.value.code != 0 and not (tmp_path / "r.jsonl").exists()
+
+
+def test_readme_table_goes_between_its_markers_and_nothing_else_changes(tmp_path):
+    from common import replace_block
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# Top\n\nbefore\n<!-- bench_low_data:start -->\nold table\n<!-- bench_low_data:end -->\nafter\n")
+    replace_block(readme, "bench_low_data", "| a | b |")
+    replace_block(readme, "bench_low_data", "| new | table |")  # again: replaced, not stacked
+    expected = "# Top\n\nbefore\n<!-- bench_low_data:start -->\n| new | table |\n<!-- bench_low_data:end -->\nafter\n"
+    assert readme.read_text() == expected
+    readme.write_text("no markers here\n")
+    with pytest.raises(SystemExit, match="must hold the lines <!-- bench_low_data:start -->"):
+        replace_block(readme, "bench_low_data", "| a | b |")
+    assert readme.read_text() == "no markers here\n"  # left as it was
