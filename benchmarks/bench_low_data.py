@@ -140,6 +140,12 @@ def cell_key(row: dict) -> tuple:
             row.get("setting"))  # fmt: skip
 
 
+def finished_cells(rows: list[dict], run_args: str) -> set[tuple]:
+    """Keys of the cells already run with these `--run_args` (a tiny model's test cell does not count for the real
+    model's, nor the other way round)."""
+    return {cell_key(row) for row in rows if row.get("run_args", "") == run_args}
+
+
 def load_results(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -416,7 +422,7 @@ def main(argv=None) -> None:
         if size != "all" and int(size) > len(pool):
             sys.exit(f"--sizes {size} is larger than the training split ({len(pool)}); use `all` for all of it.")
     share = tokens_for_share(args.model_dir, args.gguf_file) if "prefix-1000x" in args.methods else {"tokens": None}
-    done = {cell_key(row) for row in load_results(results_path)}
+    done = finished_cells(load_results(results_path), args.run_args)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     todo = cells(args, len(pool))
     for number, cell in enumerate(todo, 1):

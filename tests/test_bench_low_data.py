@@ -183,7 +183,9 @@ def test_readme_table_goes_between_its_markers_and_nothing_else_changes(tmp_path
     from common import replace_block
 
     readme = tmp_path / "README.md"
-    readme.write_text("# Top\n\nbefore\n<!-- bench_low_data:start -->\nold table\n<!-- bench_low_data:end -->\nafter\n")
+    readme.write_text(
+        "# Top\n\nbefore\n<!-- bench_low_data:start -->\nold table\n<!-- bench_low_data:end -->\nafter\n"
+    )
     replace_block(readme, "bench_low_data", "| a | b |")
     replace_block(readme, "bench_low_data", "| new | table |")  # again: replaced, not stacked
     expected = "# Top\n\nbefore\n<!-- bench_low_data:start -->\n| new | table |\n<!-- bench_low_data:end -->\nafter\n"
@@ -192,3 +194,12 @@ def test_readme_table_goes_between_its_markers_and_nothing_else_changes(tmp_path
     with pytest.raises(SystemExit, match="must hold the lines <!-- bench_low_data:start -->"):
         replace_block(readme, "bench_low_data", "| a | b |")
     assert readme.read_text() == "no markers here\n"  # left as it was
+
+
+def test_cells_run_with_other_run_args_do_not_count_as_finished():
+    cell = {"data": "sentences_allagree", "holdout": "test", "method": "prefix", "size": 32, "seed": 1,
+            "min_steps": 100}  # fmt: skip
+    tiny = {**cell, "accuracy": 0.4, "run_args": "--max_steps 2"}
+    assert bench.cell_key(cell) not in bench.finished_cells([tiny], "")  # the real cell still runs
+    assert bench.cell_key(cell) in bench.finished_cells([tiny], "--max_steps 2")  # the same test command resumes
+    assert bench.cell_key(cell) in bench.finished_cells([{**cell, "accuracy": 0.9}], "")
