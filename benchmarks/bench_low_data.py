@@ -470,8 +470,9 @@ def goals(summary: dict, rows: list[dict], pool_size: int) -> str:
     prefix_all, full_all = summary.get("prefix", {}).get(pool_size, []), summary.get("full", {}).get(pool_size, [])
     verdict = "not yet measured"
     if prefix_all and full_all:
-        gap = (mean(full_all) - mean(prefix_all)) * 100
-        verdict = f"{'met' if gap <= 1.0 else 'not met'}: prefix {gap:+.1f} points behind full" + (
+        gap = round((mean(full_all) - mean(prefix_all)) * 100, 6)  # points; exactly 1.0 counts as within
+        where = f"{gap:.1f} points behind full" if gap > 0 else f"{-gap:.1f} points ahead of full"
+        verdict = f"{'met' if gap <= 1.0 else 'not met'}: prefix {where}" + (
             "" if min(len(prefix_all), len(full_all)) >= 3 else " (fewer than 3 seeds: provisional)"
         )
     out.append(f"1. Prefix within 1.0 point of full fine-tuning at all {pool_size:,} sentences: prefix "

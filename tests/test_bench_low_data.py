@@ -203,3 +203,21 @@ def test_cells_run_with_other_run_args_do_not_count_as_finished():
     assert bench.cell_key(cell) not in bench.finished_cells([tiny], "")  # the real cell still runs
     assert bench.cell_key(cell) in bench.finished_cells([tiny], "--max_steps 2")  # the same test command resumes
     assert bench.cell_key(cell) in bench.finished_cells([{**cell, "accuracy": 0.9}], "")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "full", "verdict"),
+    [
+        ((0.97, 0.97, 0.97), (0.98, 0.98, 0.98), "**met: prefix 1.0 points behind full**"),
+        ((0.97, 0.97, 0.97), (0.99, 0.98, 0.99), "**not met: prefix 1.7 points behind full**"),
+        ((0.99, 0.99, 0.99), (0.98, 0.98, 0.98), "**met: prefix 1.0 points ahead of full**"),
+        ((0.97,), (0.98, 0.99, 0.99), "**not met: prefix 1.7 points behind full (fewer than 3 seeds: provisional)**"),
+    ],
+)
+def test_goal_at_full_size_compares_the_means(prefix, full, verdict):
+    rows = [
+        {"data": "sentences_allagree", "holdout": "test", "method": method, "size": 2037, "seed": seed,
+         "min_steps": 100, "accuracy": accuracy}
+        for method, values in (("prefix", prefix), ("full", full)) for seed, accuracy in enumerate(values, 1)
+    ]  # fmt: skip
+    assert verdict in bench.goals(bench.summarise(rows), rows, 2037).splitlines()[0]
