@@ -108,9 +108,8 @@ def write_readme_block(script: str, heading: str, text: str, machine: str) -> No
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     argv = " ".join(arg for arg in sys.argv[1:] if arg != "--write-readme")
     command = f"python benchmarks/{name}.py" + (f" {argv}" if argv else "")
-    block = f"{start}\nMeasured {datetime.date.today()} with `{command}`\n({machine}):\n\n{text}\n{end}"
+    measured = f"Measured {datetime.date.today()} with `{command}`\n({machine}):\n\n{text}"
     if start in current:
-        current = current[: current.index(start)] + block + current[current.index(end) + len(end) :]
+        replace_block(path, name, measured)
     else:
-        current = current.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
-    path.write_text(current)
+        path.write_text(current.rstrip() + f"\n\n## {heading}\n\n{start}\n{measured}\n{end}\n")
