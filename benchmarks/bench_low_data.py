@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -54,8 +55,10 @@ EXAMPLES_INIT_TEXT = (
 )
 SPLIT_PERCENT, SPLIT_SEED = 10, 42  # bench_quality.py's held-out split (the recipe's)
 BATCH_SIZE = 8  # the recipe's per_device_train_batch_size
-# STEP_RULE: train for at least MIN_STEPS optimizer steps and at least one epoch:
-#   epochs = max(1, ceil(MIN_STEPS * BATCH_SIZE / size)).
+# STEP_RULE: train for at least MIN_STEPS optimizer steps and at least MIN_EPOCHS epochs:
+#   epochs = max(MIN_EPOCHS, ceil(MIN_STEPS * BATCH_SIZE / size)).
+# A cell is known by the epochs it trains (two floors that give the same epochs run the same command), and the
+# tables keep the rows whose epochs are the rule's for their size.
 # 32 examples -> 25 epochs (100 steps), 64 -> 13, 128 -> 7, 256 -> 4, 512 -> 2, 2,037 -> 1 (255 steps, the recipe).
 # Why: the recipe's learning rates were tuned for ~230-255 steps over 1,833-2,037 sentences (one epoch; a second
 # added nothing on the inner split). With one epoch, 32 examples would be 4 steps, mostly warm-up: no method would
@@ -64,6 +67,7 @@ BATCH_SIZE = 8  # the recipe's per_device_train_batch_size
 # 100 200`, never the 227) for prefix at 32 sentences, seed 1: 50 -> 0.848, 100 -> 0.873, 200 -> 0.838 (full
 # fine-tuning and other seeds still to run; benchmarks/README.md, "Low data", has the table).
 MIN_STEPS = 100
+MIN_EPOCHS = 1
 RESULTS = REPO / "benchmarks" / "results" / "low_data.jsonl"
 PLOT = REPO / "benchmarks" / "low_data.png"
 
@@ -104,8 +108,11 @@ def nested_subsets(labels: list[str], sizes: list[int], seed: int) -> dict[int, 
     return subsets
 
 
-def epochs_for(size: int, min_steps: int) -> int:
-    return max(1, math.ceil(min_steps * BATCH_SIZE / size))
+def epochs_for(size: int, min_steps: int | None = None, min_epochs: int | None = None) -> int:
+    """The step rule (STEP_RULE above; its floors MIN_STEPS and MIN_EPOCHS unless others are given)."""
+    min_steps = MIN_STEPS if min_steps is None else min_steps
+    min_epochs = MIN_EPOCHS if min_epochs is None else min_epochs
+    return max(min_epochs, math.ceil(min_steps * BATCH_SIZE / size))
 
 
 def write_phrasebank(path: Path, texts: list[str], labels: list[str]) -> None:
@@ -136,7 +143,8 @@ def tokens_for_share(model_dir: str, gguf_file: str | None, share: float = 1e-3)
 
 
 def cell_key(row: dict) -> tuple:
-    return (row["data"], row["holdout"], row["method"], row["size"], row["seed"], row["min_steps"],
+    """What makes a cell's run: two cells whose floors give the same number of epochs run the same command."""
+    return (row["data"], row["holdout"], row["method"], row["size"], row["seed"], row_epochs(row),
             row.get("setting"))  # fmt: skip
 
 
@@ -159,21 +167,30 @@ def cells(args, pool_size: int) -> list[dict]:
         for size in args.sizes:
             n = pool_size if size == "all" else int(size)
             for method in args.methods:
-                for min_steps in args.min_steps:
-                    for setting in args.settings or [None]:
-                        if method == "zero-shot":  # no training: one cell, whatever the size and seed
-                            n_cell, seed_cell, steps, setting = 0, 0, 0, None
-                        else:
-                            n_cell, seed_cell, steps = n, seed, min_steps
-                        cell = {"data": args.data, "holdout": args.holdout, "method": method, "size": n_cell,
-                                "seed": seed_cell, "min_steps": steps, **({"setting": setting} if setting else {})}  # fmt: skip
-                        if cell not in out:
-                            out.append(cell)
+                for min_steps, min_epochs, setting in itertools.product(
+                    args.min_steps, args.min_epochs, args.settings or [None]
+                ):
+                    if method == "zero-shot":  # no training: one cell, whatever the size and seed
+                        n_cell, seed_cell, steps, least, setting = 0, 0, 0, 0, None
+                    else:
+                        n_cell, seed_cell, steps, least = n, seed, min_steps, min_epochs
+                    cell = {"data": args.data, "holdout": args.holdout, "method": method, "size": n_cell,
+                            "seed": seed_cell, "min_steps": steps, "min_epochs": least,
+                            **({"setting": setting} if setting else {})}  # fmt: skip
+                    if cell not in out:
+                        out.append(cell)
     return out
 
 
 def cell_epochs(cell: dict) -> int:
-    return 0 if cell["method"] == "zero-shot" else epochs_for(cell["size"], cell["min_steps"])
+    if cell["method"] == "zero-shot":
+        return 0
+    return epochs_for(cell["size"], cell["min_steps"], cell.get("min_epochs", 1))  # rows before the epoch floor: 1
+
+
+def row_epochs(row: dict) -> int:
+    """The epochs a finished row trained (as written in it), or that a cell would train."""
+    return row["epochs"] if "epochs" in row else cell_epochs(row)
 
 
 def cell_flags(cell: dict, virtual_tokens: int | None, run_args: str = "") -> list[str]:
@@ -227,7 +244,7 @@ def setting_problem(setting: str) -> str | None:
     for flag, _ in _pairs(tokens):
         if flag in BENCH_FLAGS:
             return f"{flag} is set by the bench for every cell" + (
-                " (the step rule: change it with --min_steps)." if flag == "--num_train_epochs" else "."
+                " (the step rule: change it with --min_steps / --min_epochs)." if flag == "--num_train_epochs" else "."
             )
         if flag not in parser._option_string_actions:
             close = nearest_flag(parser, flag)
@@ -238,6 +255,8 @@ def setting_problem(setting: str) -> str | None:
 def cell_name(cell: dict) -> str:
     """The cell's folder name: its key, a setting as its first words and a digest (a file name has at most 255 bytes)."""
     name = f"{cell['data']}-{cell['holdout']}-{cell['method']}-n{cell['size']}-s{cell['seed']}-m{cell['min_steps']}"
+    if cell.get("min_epochs", 1) > 1:
+        name += f"-e{cell['min_epochs']}"
     if cell.get("setting"):
         words = re.sub(r"[^A-Za-z0-9.]+", "_", cell["setting"]).strip("_")[:40]
         name += f"-{words}-{hashlib.sha1(cell['setting'].encode()).hexdigest()[:8]}"
@@ -297,11 +316,14 @@ def run_cell(cell: dict, args, pool, held, virtual_tokens: int) -> dict:
     }
 
 
-def summarise(rows: list[dict], data: str = "sentences_allagree", holdout: str = "test", min_steps: int = MIN_STEPS):
-    """{method: {size: [accuracies]}} of the finished cells (zero-shot under size 0)."""
+def summarise(rows: list[dict], data: str = "sentences_allagree", holdout: str = "test", min_steps: int | None = None,
+              min_epochs: int | None = None):  # fmt: skip
+    """{method: {size: [accuracies]}} of the finished cells trained by the step rule (zero-shot under size 0)."""
     table: dict[str, dict[int, list[float]]] = {}
     for row in rows:
-        if (row["data"], row["holdout"]) != (data, holdout) or row["min_steps"] not in (0, min_steps):
+        if (row["data"], row["holdout"]) != (data, holdout):
+            continue
+        if row["method"] != "zero-shot" and row_epochs(row) != epochs_for(row["size"], min_steps, min_epochs):
             continue
         table.setdefault(row["method"], {}).setdefault(row["size"], []).append(row["accuracy"])
     return table
@@ -367,7 +389,9 @@ def parse_args(argv=None):
     parser.add_argument("--sizes", nargs="+", default=[*map(str, SIZES), "all"],
                         help="training-set sizes: integers up to the training split, or `all`")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--min_steps", nargs="+", type=int, default=[MIN_STEPS], help="the step rule's floor")
+    parser.add_argument("--min_steps", nargs="+", type=int, default=[MIN_STEPS], help="the step rule's floor of steps")
+    parser.add_argument("--min_epochs", nargs="+", type=int, default=[MIN_EPOCHS],
+                        help="the step rule's floor of epochs")  # fmt: skip
     parser.add_argument("--settings", nargs="+", default=None, metavar="FLAGS",
                         help="settings to try, each a quoted string of run_prefix_tuning.py flags that replace the "
                         "method's own (`--learning_rate 3e-2`; the value `-` drops a flag: `--prefix_init_text - "
@@ -394,6 +418,8 @@ def parse_args(argv=None):
     for size in args.sizes:
         if size != "all" and not (size.isdigit() and int(size) > 0):
             parser.error(f"--sizes takes positive integers or `all`, got {size!r}.")
+    if min(args.min_steps) < 0 or min(args.min_epochs) < 1:
+        parser.error("--min_steps takes integers >= 0 and --min_epochs integers >= 1.")
     if args.settings and args.holdout != "inner":
         parser.error(
             "--settings are for choosing on the inner split: add `--holdout inner` "
@@ -442,19 +468,32 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def follows_rule(row: dict) -> bool:
+    """Whether a row trained the epochs the step rule (MIN_STEPS, MIN_EPOCHS) gives its size."""
+    return row["method"] == "zero-shot" or row_epochs(row) == epochs_for(row["size"])
+
+
+def finbert_rows(rows: list[dict], method: str) -> list[dict]:
+    """The method's Sentences_50Agree rows by the step rule, or, where none is yet, those of another schedule."""
+    done = [r for r in rows if (r["data"], r["holdout"], r["method"]) == ("sentences_50agree", "test", method)]
+    return [r for r in done if follows_rule(r)] or done
+
+
 def finbert_table(rows: list[dict]) -> str:
     lines = [
-        "| method (Sentences_50Agree, 4,361 / 485) | seeds | accuracy: mean (min–max) | macro-F1: mean (min–max) |",
-        "|---|---:|---:|---:|",
-        "| FinBERT (Araci, 2019; its own 20 % test split) | | 0.86 | 0.84 |",
+        "| method (Sentences_50Agree, 4,361 / 485) | epochs | seeds | accuracy: mean (min–max) | macro-F1: mean (min–max) |",
+        "|---|---:|---:|---:|---:|",
+        "| FinBERT (Araci, 2019; its own 20 % test split) | | | 0.86 | 0.84 |",
     ]
     for method in ("prefix", "full"):
-        done = [r for r in rows if (r["data"], r["holdout"], r["method"]) == ("sentences_50agree", "test", method)]
+        done = finbert_rows(rows, method)
         if not done:
-            lines.append(f"| {method} | 0 | not yet measured | not yet measured |")
+            lines.append(f"| {method} | | 0 | not yet measured | not yet measured |")
             continue
         acc, f1 = [r["accuracy"] for r in done], [r["macro_f1"] for r in done]
-        lines.append(f"| {method} | {len(done)} | {mean(acc):.4f} ({min(acc):.4f}–{max(acc):.4f}) | "
+        epochs = ", ".join(str(e) for e in sorted({row_epochs(r) for r in done}))
+        rule = "" if all(map(follows_rule, done)) else f" (the step rule: {epochs_for(done[0]['size'])}; not run yet)"
+        lines.append(f"| {method} | {epochs}{rule} | {len(done)} | {mean(acc):.4f} ({min(acc):.4f}–{max(acc):.4f}) | "
                      f"{mean(f1):.4f} ({min(f1):.4f}–{max(f1):.4f}) |")  # fmt: skip
     return "\n".join(lines)
 
@@ -487,11 +526,12 @@ def goals(summary: dict, rows: list[dict], pool_size: int) -> str:
         else:
             small.append(f"{size}: not yet measured")
     out.append("2. Prefix at or above full fine-tuning at 128 sentences or fewer: " + "; ".join(small) + ".")
-    fin = [r["accuracy"] for r in rows if (r["data"], r["holdout"], r["method"]) == ("sentences_50agree", "test",
-                                                                                    "prefix")]  # fmt: skip
+    done = finbert_rows(rows, "prefix")
+    fin = [r["accuracy"] for r in done]
+    off_rule = "" if all(map(follows_rule, done)) else f", {row_epochs(done[0])} epoch(s), not yet by the step rule"
     out.append("3. Prefix at or above FinBERT's 0.86 accuracy on Sentences_50Agree: " + (
-        f"{mean(fin):.4f} ({len(fin)} seed{'s' * (len(fin) != 1)}): **{'met' if mean(fin) >= 0.86 else 'not met'}**." if fin
-        else "**not yet measured**."))  # fmt: skip
+        f"{mean(fin):.4f} ({len(fin)} seed{'s' * (len(fin) != 1)}{off_rule}): "
+        f"**{'met' if mean(fin) >= 0.86 else 'not met'}**." if fin else "**not yet measured**."))  # fmt: skip
     tokens = [r for r in rows if r["method"] == "prefix-1000x" and r["data"] == "sentences_allagree"]
     if tokens:
         out.append(f"\n1/1000 of the parameters: {tokens[0]['virtual_tokens']} virtual tokens "
@@ -533,10 +573,11 @@ def write_readme(rows: list[dict]) -> None:
     summary = summarise(rows)
     pool_size = max([r["size"] for r in rows if r["data"] == "sentences_allagree" and r["holdout"] == "test"] + [2037])
     sizes = SIZES + [pool_size]
-    finished = sum(1 for r in rows if (r["data"], r["holdout"]) == ("sentences_allagree", "test"))
+    finished = sum(len(values) for by_size in summary.values() for values in by_size.values())
     text = (
         f"Accuracy on the 227 held-out sentences: mean (min–max, seeds) of the {finished} cells finished so far "
-        f"(step rule: at least {MIN_STEPS} steps; `not run`: still to run).\n\n" + markdown_table(summary, sizes)
+        f"by the step rule (at least {MIN_STEPS} steps and {MIN_EPOCHS} epoch{'s' * (MIN_EPOCHS != 1)}; "
+        "`not run`: still to run).\n\n" + markdown_table(summary, sizes)
     )
     plot(summary, sizes, PLOT)
     text += f"\n\n![accuracy against training size]({PLOT.name})\n\n" + finbert_table(rows)

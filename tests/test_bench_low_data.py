@@ -221,3 +221,47 @@ def test_goal_at_full_size_compares_the_means(prefix, full, verdict):
         for method, values in (("prefix", prefix), ("full", full)) for seed, accuracy in enumerate(values, 1)
     ]  # fmt: skip
     assert verdict in bench.goals(bench.summarise(rows), rows, 2037).splitlines()[0]
+
+
+def test_floor_of_epochs_changes_only_the_sizes_it_reaches():
+    assert [bench.epochs_for(n, 100, 2) for n in (32, 64, 128, 256, 512, 2037, 4361)] == [25, 13, 7, 4, 2, 2, 2]
+    args = bench.parse_args(["--holdout", "inner", "--sizes", "32", "all", "--seeds", "1", "--methods", "prefix",
+                             "--min_steps", "100", "300", "--min_epochs", "2"])  # fmt: skip
+    todo = bench.cells(args, 1833)
+    assert [bench.cell_epochs(c) for c in todo] == [25, 75, 2, 2]
+    # at 1,833 sentences both floors give 2 epochs: the same run, one key (the second resumes from the first)
+    assert len({bench.cell_key(c) for c in todo}) == 3
+    old = {**todo[3], "min_steps": 300, "epochs": 2}  # a row written before the floor of epochs existed
+    del old["min_epochs"]
+    assert bench.cell_key(old) in bench.finished_cells([old], "")
+    assert bench.cell_key(todo[2]) in bench.finished_cells([old], "")
+    assert "e2" in bench.cell_name(todo[2]) and "e2" not in bench.cell_name(old)
+
+
+@pytest.mark.parametrize("flags", [["--min_epochs", "0"], ["--min_steps", "-1"]])
+def test_floors_below_one_epoch_or_zero_steps_are_refused(flags, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(flags)
+    assert "--min_epochs integers >= 1" in capsys.readouterr().err
+
+
+def test_table_keeps_the_rows_of_the_step_rule_only(monkeypatch):
+    def row(method, size, epochs, accuracy, data="sentences_allagree"):
+        return {"data": data, "holdout": "test", "method": method, "size": size, "seed": 1, "min_steps": 100,
+                "epochs": epochs, "accuracy": accuracy, "macro_f1": accuracy - 0.02}  # fmt: skip
+
+    rows = [row("prefix", 32, 25, 0.8), row("prefix", 2037, 1, 0.96), row("prefix", 2037, 2, 0.98),
+            row("prefix", 4361, 1, 0.83, "sentences_50agree")]  # fmt: skip
+    monkeypatch.setattr(bench, "MIN_EPOCHS", 2)
+    summary = bench.summarise(rows)
+    assert summary["prefix"] == {32: [0.8], 2037: [0.98]}  # the 1-epoch cell is another rule's
+    fin = bench.finbert_table(rows)
+    assert "| prefix | 1 (the step rule: 2; not run yet) | 1 | 0.8300" in fin
+    assert "0.8300 (1 seed, 1 epoch(s), not yet by the step rule): **not met**" in bench.goals(summary, rows, 2037)
+    monkeypatch.setattr(bench, "MIN_EPOCHS", 1)
+    assert bench.summarise(rows)["prefix"] == {32: [0.8], 2037: [0.96]}
+    assert "| prefix | 1 | 1 | 0.8300" in bench.finbert_table(rows)
+    rows.append(row("prefix", 4361, 2, 0.87, "sentences_50agree"))  # once the rule's cell is run, it alone counts
+    monkeypatch.setattr(bench, "MIN_EPOCHS", 2)
+    assert "| prefix | 2 | 1 | 0.8700 (0.8700–0.8700)" in bench.finbert_table(rows)
+    assert "0.8700 (1 seed): **met**" in bench.goals(bench.summarise(rows), rows, 2037)
