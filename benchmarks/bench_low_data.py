@@ -144,8 +144,8 @@ def tokens_for_share(model_dir: str, gguf_file: str | None, share: float = 1e-3)
 
 def cell_key(row: dict) -> tuple:
     """What makes a cell's run: two cells whose floors give the same number of epochs run the same command."""
-    return (row["data"], row["holdout"], row["method"], row["size"], row["seed"], row_epochs(row),
-            row.get("setting"))  # fmt: skip
+    return (row.get("model", GGUF_NAME), row["data"], row["holdout"], row["method"], row["size"], row["seed"],
+            row_epochs(row), row.get("setting"))  # fmt: skip
 
 
 def finished_cells(rows: list[dict], run_args: str) -> set[tuple]:
@@ -174,12 +174,17 @@ def cells(args, pool_size: int) -> list[dict]:
                         n_cell, seed_cell, steps, least, setting = 0, 0, 0, 0, None
                     else:
                         n_cell, seed_cell, steps, least = n, seed, min_steps, min_epochs
-                    cell = {"data": args.data, "holdout": args.holdout, "method": method, "size": n_cell,
-                            "seed": seed_cell, "min_steps": steps, "min_epochs": least,
+                    cell = {"model": model_name(args), "data": args.data, "holdout": args.holdout, "method": method,
+                            "size": n_cell, "seed": seed_cell, "min_steps": steps, "min_epochs": least,
                             **({"setting": setting} if setting else {})}  # fmt: skip
                     if cell not in out:
                         out.append(cell)
     return out
+
+
+def model_name(args) -> str:
+    """The model a cell trains, as its rows name it: the GGUF file, or the --model_dir given."""
+    return args.gguf_file or args.model_dir
 
 
 def cell_epochs(cell: dict) -> int:
@@ -569,7 +574,7 @@ def inner_table(rows: list[dict]) -> str:
 
 
 def write_readme(rows: list[dict]) -> None:
-    rows = [r for r in rows if not r.get("run_args")]
+    rows = [r for r in rows if not r.get("run_args") and r.get("model", GGUF_NAME) == GGUF_NAME]  # SmolLM2's own
     summary = summarise(rows)
     pool_size = max([r["size"] for r in rows if r["data"] == "sentences_allagree" and r["holdout"] == "test"] + [2037])
     sizes = SIZES + [pool_size]

@@ -226,7 +226,8 @@ def test_goal_at_full_size_compares_the_means(prefix, full, verdict):
 def test_floor_of_epochs_changes_only_the_sizes_it_reaches():
     assert [bench.epochs_for(n, 100, 2) for n in (32, 64, 128, 256, 512, 2037, 4361)] == [25, 13, 7, 4, 2, 2, 2]
     args = bench.parse_args(["--holdout", "inner", "--sizes", "32", "all", "--seeds", "1", "--methods", "prefix",
-                             "--min_steps", "100", "300", "--min_epochs", "2"])  # fmt: skip
+                             "--min_steps", "100", "300", "--min_epochs", "2", "--gguf_file", bench.GGUF_NAME,
+                             "--model_dir", "unused"])  # fmt: skip
     todo = bench.cells(args, 1833)
     assert [bench.cell_epochs(c) for c in todo] == [25, 75, 2, 2]
     # at 1,833 sentences both floors give 2 epochs: the same run, one key (the second resumes from the first)
@@ -265,3 +266,20 @@ def test_table_keeps_the_rows_of_the_step_rule_only(monkeypatch):
     monkeypatch.setattr(bench, "MIN_EPOCHS", 2)
     assert "| prefix | 2 | 1 | 0.8700 (0.8700–0.8700)" in bench.finbert_table(rows)
     assert "0.8700 (1 seed): **met**" in bench.goals(bench.summarise(rows), rows, 2037)
+
+
+def test_rows_of_another_model_are_neither_finished_cells_nor_in_the_readme(tmp_path, monkeypatch):
+    args = bench.parse_args(["--sizes", "32", "--seeds", "1", "--methods", "prefix", "--model_dir", str(tmp_path)])
+    (cell,) = bench.cells(args, 2037)
+    other = {**cell, "epochs": 25, "accuracy": 0.5, "macro_f1": 0.4}  # run with --model_dir, into the same file
+    assert cell["model"] == str(tmp_path) and bench.cell_key(cell) in bench.finished_cells([other], "")
+    smol = {**cell, "model": bench.GGUF_NAME}
+    assert bench.cell_key(smol) not in bench.finished_cells([other], "")  # SmolLM2's cell still runs
+    legacy = {k: v for k, v in smol.items() if k != "model"}  # rows written before the model was named: SmolLM2's
+    assert bench.cell_key(smol) in bench.finished_cells([{**legacy, "epochs": 25}], "")
+    written = {}
+    monkeypatch.setattr(bench, "write_readme_block", lambda *a: written.setdefault("bench", a[2]))
+    monkeypatch.setattr(bench, "replace_block", lambda *a: written.setdefault("readme", a[2]))
+    monkeypatch.setattr(bench, "PLOT", tmp_path / "p.png")
+    bench.write_readme([other, {**legacy, "epochs": 25, "accuracy": 0.75, "macro_f1": 0.7}])
+    assert "| prefix | 0.7500 (1 seed) |" in written["readme"] and "0.5000" not in written["readme"]
