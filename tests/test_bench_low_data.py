@@ -36,10 +36,11 @@ def test_held_out_is_bench_quality_split_and_subsets_are_nested_and_stratified(p
     assert (len(inner_pool), len(inner_held)) == (1833, 204) and not set(inner_held.texts) & set(held.texts)
 
 
-def test_step_rule_gives_at_least_min_steps_and_one_epoch():
-    assert [bench.epochs_for(n, 100) for n in (32, 64, 128, 256, 512, 2037)] == [25, 13, 7, 4, 2, 1]
+def test_step_rule_gives_at_least_min_steps_and_two_epochs():
+    assert [bench.epochs_for(n) for n in (32, 64, 128, 256, 512, 2037, 4361)] == [25, 13, 7, 4, 2, 2, 2]
+    assert [bench.epochs_for(n, 100, 1) for n in (32, 64, 128, 256, 512, 2037)] == [25, 13, 7, 4, 2, 1]
     for n in (32, 100, 2037):
-        assert bench.epochs_for(n, 100) * -(-n // bench.BATCH_SIZE) >= 100
+        assert bench.epochs_for(n) * -(-n // bench.BATCH_SIZE) >= 100 and bench.epochs_for(n) >= 2
 
 
 @pytest.mark.slow
@@ -217,7 +218,7 @@ def test_cells_run_with_other_run_args_do_not_count_as_finished():
 def test_goal_at_full_size_compares_the_means(prefix, full, verdict):
     rows = [
         {"data": "sentences_allagree", "holdout": "test", "method": method, "size": 2037, "seed": seed,
-         "min_steps": 100, "accuracy": accuracy}
+         "min_steps": 100, "epochs": bench.epochs_for(2037), "accuracy": accuracy}
         for method, values in (("prefix", prefix), ("full", full)) for seed, accuracy in enumerate(values, 1)
     ]  # fmt: skip
     assert verdict in bench.goals(bench.summarise(rows), rows, 2037).splitlines()[0]
