@@ -59,7 +59,7 @@ def test_quick_cell_runs_once_and_a_rerun_resumes(tmp_path, tiny_llama_dir, phra
     per_token = bench.parameters_per_virtual_token(AutoConfig.from_pretrained(tiny_llama_dir))
     assert row["trainable"] == 8 * per_token, "the per-token count must match what peft trains"
     assert row["virtual_tokens"] == 8, "the row records the prefix length the run trained, not the recipe's"
-    train = (tmp_path / "w" / "sentences_allagree-test-prefix-n32-s1-m100" / "train.txt").read_bytes()
+    train = (tmp_path / "w" / bench.cell_name(row) / "train.txt").read_bytes()
     assert len(train.decode("iso-8859-1").splitlines()) == 32
     capsys.readouterr()
     bench.main(argv)
