@@ -261,8 +261,13 @@ def setting_problem(setting: str) -> str | None:
 
 
 def cell_name(cell: dict) -> str:
-    """The cell's folder name: its key, a setting as its first words and a digest (a file name has at most 255 bytes)."""
+    """The cell's folder name: its key, a setting (or a model other than SmolLM2) as its first words and a digest
+    (a file name has at most 255 bytes)."""
     name = f"{cell['data']}-{cell['holdout']}-{cell['method']}-n{cell['size']}-s{cell['seed']}-m{cell['min_steps']}"
+    model = cell.get("model", GGUF_NAME)
+    if model != GGUF_NAME:  # another model's cell gets its own folder (SmolLM2's folder names stay as they were)
+        stem = re.sub(r"[^A-Za-z0-9.]+", "_", Path(model).name).strip("_")[:40]
+        name = f"{stem}-{hashlib.sha1(model.encode()).hexdigest()[:8]}-{name}"
     if cell.get("min_epochs", 1) > 1:
         name += f"-e{cell['min_epochs']}"
     if cell.get("setting"):

@@ -269,7 +269,7 @@ def test_table_keeps_the_rows_of_the_step_rule_only(monkeypatch):
     assert "0.8700 (1 seed): **met**" in bench.goals(bench.summarise(rows), rows, 2037)
 
 
-def test_rows_of_another_model_are_neither_finished_cells_nor_in_the_readme(tmp_path, monkeypatch):
+def test_rows_of_another_model_are_neither_finished_cells_nor_in_the_readme_nor_in_its_folder(tmp_path, monkeypatch):
     args = bench.parse_args(["--sizes", "32", "--seeds", "1", "--methods", "prefix", "--model_dir", str(tmp_path)])
     (cell,) = bench.cells(args, 2037)
     other = {**cell, "epochs": 25, "accuracy": 0.5, "macro_f1": 0.4}  # run with --model_dir, into the same file
@@ -278,6 +278,9 @@ def test_rows_of_another_model_are_neither_finished_cells_nor_in_the_readme(tmp_
     assert bench.cell_key(smol) not in bench.finished_cells([other], "")  # SmolLM2's cell still runs
     legacy = {k: v for k, v in smol.items() if k != "model"}  # rows written before the model was named: SmolLM2's
     assert bench.cell_key(smol) in bench.finished_cells([{**legacy, "epochs": 25}], "")
+    folders = {bench.cell_name(c) for c in (cell, smol, legacy)}  # SmolLM2's folder is not another model's
+    assert len(folders) == 2 and bench.cell_name(smol) == bench.cell_name(legacy)
+    assert bench.cell_name(cell).endswith(bench.cell_name(smol)) and len(bench.cell_name(cell)) < 150
     written = {}
     monkeypatch.setattr(bench, "write_readme_block", lambda *a: written.setdefault("bench", a[2]))
     monkeypatch.setattr(bench, "replace_block", lambda *a: written.setdefault("readme", a[2]))
