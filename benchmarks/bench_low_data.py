@@ -263,16 +263,19 @@ def setting_problem(setting: str) -> str | None:
 def cell_name(cell: dict) -> str:
     """The cell's folder name: its key, a setting (or a model other than SmolLM2) as its first words and a digest
     (a file name has at most 255 bytes)."""
+
+    def words_and_digest(words: str, whole: str) -> str:
+        readable = re.sub(r"[^A-Za-z0-9.]+", "_", words).strip("_")[:40]
+        return f"{readable}-{hashlib.sha1(whole.encode()).hexdigest()[:8]}"
+
     name = f"{cell['data']}-{cell['holdout']}-{cell['method']}-n{cell['size']}-s{cell['seed']}-m{cell['min_steps']}"
     model = cell.get("model", GGUF_NAME)
     if model != GGUF_NAME:  # another model's cell gets its own folder (SmolLM2's folder names stay as they were)
-        stem = re.sub(r"[^A-Za-z0-9.]+", "_", Path(model).name).strip("_")[:40]
-        name = f"{stem}-{hashlib.sha1(model.encode()).hexdigest()[:8]}-{name}"
+        name = f"{words_and_digest(Path(model).name, model)}-{name}"
     if cell.get("min_epochs", 1) > 1:
         name += f"-e{cell['min_epochs']}"
     if cell.get("setting"):
-        words = re.sub(r"[^A-Za-z0-9.]+", "_", cell["setting"]).strip("_")[:40]
-        name += f"-{words}-{hashlib.sha1(cell['setting'].encode()).hexdigest()[:8]}"
+        name += f"-{words_and_digest(cell['setting'], cell['setting'])}"
     return name
 
 
