@@ -224,6 +224,25 @@ def test_goal_at_full_size_compares_the_means(prefix, full, verdict):
     assert verdict in bench.goals(bench.summarise(rows), rows, 2037).splitlines()[0]
 
 
+@pytest.mark.parametrize(
+    ("prefix", "full", "verdict"),
+    [
+        ({32: 0.90, 64: 0.93, 128: 0.95}, {32: 0.90, 64: 0.92, 128: 0.94}, "**met**"),
+        ({32: 0.85, 64: 0.93, 128: 0.95}, {32: 0.90, 64: 0.92, 128: 0.94}, "**not met**"),
+        ({32: 0.85}, {32: 0.90}, "**not met**"),  # one size below already decides it
+        ({32: 0.95, 64: 0.95}, {32: 0.90, 64: 0.90}, "**not yet measured**"),  # 128 missing: not "met" yet
+    ],
+)
+def test_goal_with_little_data_needs_every_size_at_or_above_full(prefix, full, verdict):
+    rows = [
+        {"data": "sentences_allagree", "holdout": "test", "method": method, "size": size, "seed": 1,
+         "min_steps": 100, "epochs": bench.epochs_for(size), "accuracy": accuracy}
+        for method, values in (("prefix", prefix), ("full", full)) for size, accuracy in values.items()
+    ]  # fmt: skip
+    line = bench.goals(bench.summarise(rows), rows, 2037).splitlines()[1]
+    assert line.startswith("2. ") and line.endswith(f": {verdict}.")
+
+
 def test_floor_of_epochs_changes_only_the_sizes_it_reaches():
     assert [bench.epochs_for(n, 100, 2) for n in (32, 64, 128, 256, 512, 2037, 4361)] == [25, 13, 7, 4, 2, 2, 2]
     args = bench.parse_args(["--holdout", "inner", "--sizes", "32", "all", "--seeds", "1", "--methods", "prefix",
