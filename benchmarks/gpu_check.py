@@ -9,14 +9,17 @@ PhraseBank-like sentences (the shipped `examples/quickstart.txt` sentences, repe
 * **train**: samples/s of forward + backward + gradient clipping + AdamW step (our token-mean loss), at the recipe's
   batch 8 and at a larger batch, without and with `--cache_encoder_outputs` (the encoder's output fed from
   :class:`prefix_tuning_utils.encoder_cache.EncoderOutputCache`); 3 warm-up steps, then `--steps` timed steps;
-* **score**: rows/s of :class:`prefix_tuning_utils.scoring.LabelScorer` (score mode) on `--sentences` sentences;
+* **score** / **generate**: rows/s of :class:`prefix_tuning_utils.scoring.LabelScorer` on `--sentences` sentences,
+  in score mode (every label word's exact log-probability) and in generate mode, made to write exactly the longest
+  label word and its end-of-sequence (``min_new_tokens`` = ``max_new_tokens``), as a trained adapter does, whatever
+  the random weights would write; and their ratio (issue "Speed II": score >= generate);
 * **peak memory**: `torch.cuda.max_memory_allocated` of the row (CPU: the process's peak RSS so far);
 * **MFU**: model FLOPs / s over the GPU's peak dense bf16 throughput. Model FLOPs are the matrix products the step
   needs on real (unpadded) tokens: 2 x multiply-adds of every linear layer and attention product; the encoder runs
   forward only (frozen, no prefix: no gradient), and so do the cross-attention key/value projections; the rest of
   the decoder runs forward and backward (input gradients only: x1 its forward for the frozen linear layers, x2 for
   the attention products, whose two operands both need a gradient). Scoring: encoder forward, cross-attention
-  keys/values once, one teacher-forced decoder pass per label word.
+  keys/values once, one teacher-forced decoder pass per label word (generating: one pass over the tokens written).
 
     python benchmarks/gpu_check.py                 # one GPU, a few minutes (budget: under 8)
     python benchmarks/gpu_check.py --peak_tflops 989
@@ -152,6 +155,20 @@ def train_row(model, cache, ids, labels, rows, device, autocast, config, cached:
     return samples / seconds, flops / seconds
 
 
+def timed_answers(answer, texts: list[str], batch_size: int, device, autocast) -> float:
+    """Seconds `answer` (score or generate) takes over `texts` in batches, after one warm-up batch."""
+    import torch
+
+    with torch.no_grad(), autocast():
+        answer(texts[:batch_size])  # warm-up
+        synchronize(device)
+        start = time.perf_counter()
+        for k in range(0, len(texts), batch_size):
+            answer(texts[k : k + batch_size])
+        synchronize(device)
+    return time.perf_counter() - start
+
+
 def synchronize(device) -> None:
     import torch
 
@@ -237,23 +254,35 @@ def main(argv=None) -> str:
     )
     scorer = LabelScorer(model, tokenizer, LABELS, data_args, "seq2seq")
     model.eval()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    with torch.no_grad(), autocast():
-        scorer.log_scores(texts[: args.score_batch_size])  # warm-up
-        synchronize(device)
-        start = time.perf_counter()
-        for k in range(0, count, args.score_batch_size):
-            scorer.log_scores(texts[k : k + args.score_batch_size])
-        synchronize(device)
-    seconds = time.perf_counter() - start
-    flops = sum(model_flops(config, [len(x) for x in ids], [len(w)] * len(ids), train=False) for w in word) / seconds
-    flops -= (len(word) - 1) * model_flops(config, [len(x) for x in ids], [0] * len(ids), train=False) / seconds
-    lines.append(
-        f"| score ({count:,} sentences) | {args.score_batch_size} | {count / seconds:,.1f} | {peak_memory(device)} | "
-        f"{flops / 1e12:.3g} | {mfu(flops)} |"
-    )
-    print(lines[-1], flush=True)
+    # generate writes exactly what a trained adapter writes (the longest label word and its end-of-sequence): random
+    # weights would otherwise stop at once (an empty answer, generation's best case) or run to max_new_tokens.
+    steps_written = max(map(len, word))
+    answer_modes = {
+        "score": scorer.log_scores,
+        "generate": lambda batch: scorer.generate(batch, min_new_tokens=steps_written, max_new_tokens=steps_written),
+    }
+    with torch.no_grad(), autocast():  # the step count the generate row claims, checked once
+        sample = tokenizer(texts[:8], padding=True, return_tensors="pt").to(device)
+        written = model.generate(**sample, min_new_tokens=steps_written, max_new_tokens=steps_written)
+    if written.shape[1] != 1 + steps_written:  # the decoder start token, then the tokens written
+        sys.exit(f"generate wrote {written.shape[1] - 1} tokens per row, not {steps_written}: the row would mislead.")
+    rates = {}
+    for mode, answer in answer_modes.items():
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds = timed_answers(answer, texts, args.score_batch_size, device, autocast)
+        rates[mode] = count / seconds
+        if mode == "score":  # every label word teacher-forced, the decoder's first step shared by all
+            flops = sum(model_flops(config, [len(x) for x in ids], [len(w)] * len(ids), train=False) for w in word)
+            flops -= (len(word) - 1) * model_flops(config, [len(x) for x in ids], [0] * len(ids), train=False)
+        else:
+            flops = model_flops(config, [len(x) for x in ids], [steps_written] * len(ids), train=False)
+        what = f"{mode} ({count:,} sentences)" + (f", {steps_written} tokens written" if mode == "generate" else "")
+        lines.append(
+            f"| {what} | {args.score_batch_size} | {rates[mode]:,.1f} | {peak_memory(device)} | "
+            f"{flops / seconds / 1e12:.3g} | {mfu(flops / seconds)} |"
+        )
+        print(lines[-1], flush=True)
     params = sum(p.numel() for p in base.parameters())
     summary = (
         f"{name}; peak dense bf16 {peak if peak else 'unknown'} TFLOPS; T5 {params / 1e6:,.1f}M parameters "
@@ -261,7 +290,8 @@ def main(argv=None) -> str:
         f"{NUM_VIRTUAL_TOKENS}-token prefix; tokenizer {tokenizer_name}, {mean:.1f} input tokens per sentence; "
         f"total {time.perf_counter() - started:.0f} s"
     )
-    text = "\n".join(lines) + "\n\n" + summary
+    ratio = f"score / generate rows/s: {rates['score'] / rates['generate']:.2f} (exact label scores vs the answers)"
+    text = "\n".join(lines) + "\n\n" + ratio + "\n\n" + summary
     print("\n" + text)
     return text
 

@@ -21,13 +21,14 @@ def test_gpu_check_sh_tiny_writes_every_row():
     assert [row.split(" | ")[0:2] for row in rows] == [
         ["| train", "8"], ["| train, --cache_encoder_outputs", "8"],
         ["| train", "16"], ["| train, --cache_encoder_outputs", "16"],
-        ["| score (200 sentences)", "256"],
+        ["| score (200 sentences)", "256"], ["| generate (200 sentences), 2 tokens written", "256"],
     ]  # fmt: skip
     for row in rows:
         speed = float(row.split(" | ")[2].replace(",", ""))
         assert speed > 0 and "GiB" in row.split(" | ")[3]
     assert re.search(r"T5 0\.\dM parameters \(tiny config\)", text)
     assert text.count("| score (200 sentences)") == 2  # printed as it goes, then the table
+    assert re.search(r"score / generate rows/s: \d+\.\d\d", text)
 
 
 def test_peak_throughput_is_found_from_the_device_name():
