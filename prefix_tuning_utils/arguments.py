@@ -14,6 +14,8 @@ import torch
 import yaml
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
+from .errors import ArgumentError  # re-exported: `from prefix_tuning_utils.arguments import ArgumentError` still works
+
 
 __all__ = [
     "DataTrainingArguments",
@@ -49,10 +51,6 @@ PUSH_ONLY_USAGE = (
 # The learning rate each --tuning_method gets when none is given: the recipe of record for prefix tuning (1e-2, as in
 # peft's prefix-tuning guide), peft's usual rates for prompt tuning and LoRA, transformers' default for full tuning.
 DEFAULT_LEARNING_RATES = {"prefix": 1e-2, "prompt": 1e-2, "lora": 1e-3, "full": 5e-5}
-
-
-class ArgumentError(ValueError):
-    """A problem with the user's arguments or input files; the message says what to change."""
 
 
 @dataclass

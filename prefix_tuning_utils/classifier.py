@@ -41,7 +41,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .arguments import ArgumentError, DataTrainingArguments, ModelArguments
+from .arguments import DataTrainingArguments, ModelArguments
+from .errors import ArgumentError
 from .metrics import normalise_answer
 from .modeling import (
     FP16_UNSAFE_MODEL_TYPES,

@@ -27,7 +27,6 @@ from transformers import PretrainedConfig, set_seed
 from . import hub, model_card
 from .all_layer_prefix import check_scope_supported
 from .arguments import (
-    ArgumentError,
     DataTrainingArguments,
     ModelArguments,
     PredictArguments,
@@ -36,6 +35,7 @@ from .arguments import (
     parse_args,
 )
 from .data import LabelledData, get_datasets, to_dataset_dict
+from .errors import ArgumentError, HubUnavailableError, PushError, TrainingDivergedError
 from .metrics import build_compute_metrics
 from .modeling import (
     TrainedModel,
@@ -50,13 +50,13 @@ from .modeling import (
     save_initialised_base,
     trainable_parameters,
 )
-from .network import DATA_ADVICE, MODEL_ADVICE, HubUnavailableError, bound_hub_timeouts, hub_step
+from .network import DATA_ADVICE, MODEL_ADVICE, bound_hub_timeouts, hub_step
 from .output_dir import prepare_output_dir
 from .predict import predict
 from .prefix_init import init_prefix_from_text
 from .preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
 from .scoring import LabelScorer
-from .trainer import PrefixTuningTrainer, TrainingDivergedError, set_sample_count
+from .trainer import PrefixTuningTrainer, set_sample_count
 
 
 logger = logging.getLogger(__name__)
@@ -337,6 +337,6 @@ def cli(argv: list[str] | None = None) -> None:
             print(file=sys.stderr)  # ends the progress bar's line
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ArgumentError) else 1)
-    except (hub.PushError, HubUnavailableError) as err:
+    except (PushError, HubUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -12,7 +12,8 @@ from collections import Counter
 
 from datasets import DatasetDict
 
-from .arguments import ArgumentError, DataTrainingArguments
+from .arguments import DataTrainingArguments
+from .errors import ArgumentError
 from .readers import InputReader, LabelledData, collect, read_data_file, read_records
 
 

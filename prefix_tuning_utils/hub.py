@@ -35,7 +35,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from . import model_card
 from .arguments import (
     RECIPE_EXTENSIONS,
-    ArgumentError,
     DataTrainingArguments,
     ModelArguments,
     PredictArguments,
@@ -43,7 +42,17 @@ from .arguments import (
     PrefixTrainingArguments,
     nearest_flag,
 )
-from .modeling import TASK_SETTINGS_FILE
+from .errors import ArgumentError, PushError
+from .run_files import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_FILES,
+    CARD_FILE,
+    CHECKPOINT_STATE_FILES,
+    PLOT_FILES,
+    RESULT_FILES,
+    RUN_RECORD_FILE,
+    TOKENIZER_FILES,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -63,28 +72,14 @@ __all__ = [
     "upload",
 ]
 
-# the adapter, and with --prefix_scope all its encoder self-attention and cross-attention prefixes
-# The adapter and the settings it answers with (label words, input format: read back by PrefixClassifier and
-# --do_predict).
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", model_card.SCOPE_WEIGHTS, TASK_SETTINGS_FILE)
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "chat_template.jinja",
-)
-RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json", "predict_results.json")
-CARD_FILES = (model_card.CARD_FILE, *model_card.PLOT_FILES)
-RUN_PATTERNS = ADAPTER_FILES + TOKENIZER_FILES + RESULT_FILES + CARD_FILES  # a finished run's published files
+# The adapter (with --prefix_scope all its encoder self-attention and cross-attention prefixes) and the settings it
+# answers with (label words, input format: read back by PrefixClassifier and --do_predict), the tokenizer, the results,
+# the model card and its plots: a finished run's published files. Never run_record.json, base_model/ or a pickle.
+CARD_FILES = (CARD_FILE, *PLOT_FILES)
+RUN_PATTERNS = ADAPTER_FILES + TOKENIZER_FILES + RESULT_FILES + CARD_FILES
 CHECKPOINT_PATTERNS = ADAPTER_FILES + TOKENIZER_FILES  # a checkpoint's adapter, pushed to the repo's root
 # What `resume_from_checkpoint` needs besides the adapter; never training_args.bin (a pickle of the arguments).
-CHECKPOINT_STATE_PATTERNS = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
+CHECKPOINT_STATE_PATTERNS = CHECKPOINT_STATE_FILES
 SCRIPT = "run_prefix_tuning.py"
 TRAINING_ARGUMENTS = (
     ModelArguments,
@@ -95,10 +90,6 @@ TRAINING_ARGUMENTS = (
 )
 TRAINING_NAMES = {f.name for dtype in TRAINING_ARGUMENTS for f in fields(dtype)}
 TRAINING_FLAGS = {f"--{name}" for name in TRAINING_NAMES}
-
-
-class PushError(RuntimeError):
-    """Publishing failed; the message is one line that says what failed and how to retry the push alone."""
 
 
 @dataclass
@@ -323,15 +314,15 @@ def push_run(settings: HubSettings) -> str:
     from huggingface_hub.errors import HTTPError
 
     out = settings.output_dir
-    adapter_config = Path(out, "adapter_config.json")
+    adapter_config = Path(out, ADAPTER_CONFIG_FILE)
     if not (adapter_config.is_file() and Path(out, ADAPTER_FILES[0]).is_file()):
         raise ArgumentError(
             f"--output_dir {out} holds no adapter ({', '.join(ADAPTER_FILES[:2])}): nothing to push. Point --output_dir "
             "at a finished training run."
         )
-    if not Path(out, model_card.RUN_RECORD).is_file():
+    if not Path(out, RUN_RECORD_FILE).is_file():
         raise ArgumentError(
-            f"--output_dir {out} has no {model_card.RUN_RECORD} (written at the end of a training run by this "
+            f"--output_dir {out} has no {RUN_RECORD_FILE} (written at the end of a training run by this "
             "package): the model card cannot be made. Run the training again with this version of the package."
         )
     base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")

@@ -14,6 +14,8 @@ import os
 import numpy as np
 from sklearn import metrics as skm
 
+from .run_files import NO_LABEL
+
 
 __all__ = [
     "NO_LABEL",
@@ -25,8 +27,6 @@ __all__ = [
     "normalise_answer",
     "plot_confusion_matrix",
 ]
-
-NO_LABEL = "(no label)"
 
 
 def normalise_answer(text: str) -> str:

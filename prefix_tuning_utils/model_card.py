@@ -30,6 +30,11 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .data import FINANCIAL_PHRASEBANK_CONFIGS, FINANCIAL_PHRASEBANK_REPO
 from .metrics import NO_LABEL, confusion_matrix, label_report, plot_confusion_matrix
+from .run_files import ADAPTER_CONFIG_FILE, ALL_RESULTS_FILE, CARD_FILE, CONFUSION_PNG, LOSS_PNG, PLOT_FILES
+from .run_files import ADAPTER_WEIGHTS_FILE as ADAPTER_WEIGHTS
+from .run_files import ALL_LAYER_PREFIX_FILE as SCOPE_WEIGHTS  # --prefix_scope all: the added prefixes
+from .run_files import PREFIX_SCOPE_KEY as SCOPE_KEY  # the adapter_config.json key that says so
+from .run_files import RUN_RECORD_FILE as RUN_RECORD
 
 
 logger = logging.getLogger(__name__)
@@ -48,16 +53,6 @@ __all__ = [
     "write_plots",
 ]
 
-CARD_FILE = "README.md"
-RUN_RECORD = "run_record.json"
-CONFUSION_PNG = "confusion_matrix.png"
-LOSS_PNG = "loss_curve.png"
-PLOT_FILES = (CONFUSION_PNG, LOSS_PNG)
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-# --prefix_scope all: the encoder self-attention and cross-attention prefixes, and the adapter_config.json key that
-# says so (all_layer_prefix.WEIGHTS_NAME and ADAPTER_CONFIG_KEY; named here so that the card needs no torch model code).
-SCOPE_WEIGHTS = "all_layer_prefix.safetensors"
-SCOPE_KEY = "prefix_scope"
 TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
 EXAMPLE_SENTENCE = "Quarterly operating profit rose 40 percent from a year earlier ."
 EXAMPLE_MAX_NEW_TOKENS = 10
@@ -427,8 +422,8 @@ def render_model_card(
     record = _read_json(out / RUN_RECORD)
     if not record:
         raise FileNotFoundError(f"{out / RUN_RECORD} is missing: it is written at the end of a training run.")
-    results = _read_json(out / "all_results.json")
-    adapter_config = _read_json(out / "adapter_config.json")
+    results = _read_json(out / ALL_RESULTS_FILE)
+    adapter_config = _read_json(out / ADAPTER_CONFIG_FILE)
     scope = adapter_config.get(SCOPE_KEY) or record["prefix"].get("prefix_scope") or "decoder"
     revision = revision if repo_id else (revision or record["hub"]["revision"])
     location = repo_id or record["hub"]["model_id"] or record["output_dir"]

@@ -31,8 +31,16 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from . import all_layer_prefix
-from .arguments import ArgumentError, DataTrainingArguments, ModelArguments, PrefixArguments
+from .arguments import DataTrainingArguments, ModelArguments, PrefixArguments
+from .errors import ArgumentError
 from .hub_files import find_model_file
+from .run_files import (
+    ADAPTER_CONFIG_FILE,
+    BASE_MODEL_DIR,
+    TASK_SETTINGS_FILE,
+    TOKENIZER_CONFIG_FILE,
+    WEIGHT_FILES,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -58,12 +66,6 @@ __all__ = [
 ]
 
 Task = Literal["seq2seq", "causal"]
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 # Model families whose activations overflow in float16 (T5's feed-forward outputs exceed 65504).
 FP16_UNSAFE_MODEL_TYPES = ("t5", "mt5", "umt5", "longt5", "switch_transformers")
 
@@ -180,7 +182,7 @@ def save_initialised_base(model, tokenizer, output_dir: str) -> str:
     Without this, `PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(base_model_name_or_path))`
     would load the adapter onto *other* random weights. Returns the folder (absolute path).
     """
-    base_dir = os.path.abspath(os.path.join(output_dir, "base_model"))
+    base_dir = os.path.abspath(os.path.join(output_dir, BASE_MODEL_DIR))
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     base.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
@@ -252,8 +254,6 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 # --- Using a trained model as it is (--do_eval / --do_predict without --do_train) ---
 
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-TASK_SETTINGS_FILE = "prefix_tuning.json"
 # What turns a sentence into model input and names the answers; saved next to every model this script writes.
 TASK_SETTINGS_FIELDS = ("source_prefix", "prompt_template", "max_source_length", "max_target_length")
 
@@ -351,12 +351,12 @@ def find_trained_model(args: ModelArguments) -> TrainedModel | None:
             f"--model_name_or_path {args.model_name_or_path} is an adapter whose adapter_config.json names no base "
             "model (base_model_name_or_path); set it there."
         )
-    own_base = os.path.join(args.model_name_or_path, "base_model")
+    own_base = os.path.join(args.model_name_or_path, BASE_MODEL_DIR)
     if os.path.isabs(base) and not os.path.isdir(base) and os.path.isdir(own_base):
         logger.warning("The adapter's base model %s is gone; using %s.", base, own_base)
         base = own_base
     tokenizer = args.tokenizer_name
-    if tokenizer is None and _model_file(args, "tokenizer_config.json") is not None:
+    if tokenizer is None and _model_file(args, TOKENIZER_CONFIG_FILE) is not None:
         tokenizer = args.model_name_or_path
     base_args = dataclasses.replace(
         args, model_name_or_path=base, model_revision=config.get("revision") or "main", tokenizer_name=tokenizer

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from .arguments import ArgumentError
+from .errors import ArgumentError, HubUnavailableError
 
 
 __all__ = [
@@ -68,10 +68,6 @@ def bound_hub_timeouts() -> None:
         return client
 
     set_client_factory(client_factory)
-
-
-class HubUnavailableError(RuntimeError):
-    """The Hub, or the network to it, failed (not the user's input): one line, exit code 1."""
 
 
 def _chain(err: BaseException) -> Iterator[BaseException]:

@@ -8,7 +8,8 @@ import shutil
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .arguments import ArgumentError
+from .errors import ArgumentError
+from .run_files import CHECKPOINT_COMPLETE_FILE, RESULT_FILES, TRAIN_RESULTS_FILE, TRAINER_STATE_FILE
 
 
 logger = logging.getLogger(__name__)
@@ -16,19 +17,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["CHECKPOINT_COMPLETE_FILE", "FINISHED_MARKER", "last_complete_checkpoint", "prepare_output_dir"]
 
 # Written at the end of a successful training run (by `trainer.save_metrics("train", ...)`).
-FINISHED_MARKER = "train_results.json"
+FINISHED_MARKER = TRAIN_RESULTS_FILE
 # Files a finished run leaves that would mislead a new run into the same folder; all are written by this package or
-# the Trainer under these exact names. Nothing else in the folder is ever deleted.
-# Our trainer writes this into a checkpoint folder after everything else; a run killed while saving leaves a
-# folder without it, which must not be resumed from.
-CHECKPOINT_COMPLETE_FILE = "checkpoint_complete"
-STALE_RESULTS = (
-    "train_results.json",
-    "eval_results.json",
-    "predict_results.json",
-    "all_results.json",
-    "trainer_state.json",
-)
+# the Trainer under these exact names. Nothing else in the folder is ever deleted. A checkpoint folder without
+# CHECKPOINT_COMPLETE_FILE (a run killed while saving it) must not be resumed from.
+STALE_RESULTS = (*RESULT_FILES, TRAINER_STATE_FILE)
 
 
 def _checkpoints(output_dir: str) -> list[str]:

@@ -28,10 +28,23 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .arguments import ArgumentError, DataTrainingArguments, ModelArguments, PredictArguments
+from .arguments import DataTrainingArguments, ModelArguments, PredictArguments
 from .classifier import PrefixClassifier
+from .errors import ArgumentError
 from .metrics import confusion_metrics, plot_confusion_matrix
 from .readers import InputReader, LabelledData, Row
+from .run_files import (
+    ADAPTER_CONFIG_FILE,
+    BAD_ROWS_FILE,
+    MODEL_CONFIG_FILE,
+    NO_LABEL,
+    PREDICTIONS_CSV_FILE,
+    PREDICTIONS_FILE,
+    TASK_SETTINGS_FILE,
+    TRAINING_ARGS_FILE,
+)
+from .run_files import PREDICT_CONFUSION_PNG as CONFUSION_MATRIX_FILE
+from .run_files import PREDICTIONS_STATE_FILE as STATE_FILE
 from .scoring import LabelScorer
 
 
@@ -49,13 +62,6 @@ __all__ = [
     "save_confusion_matrix",
     "scan_input",
 ]
-
-PREDICTIONS_FILE = "predictions.jsonl"
-PREDICTIONS_CSV_FILE = "predictions.csv"
-STATE_FILE = "predictions.state.json"
-BAD_ROWS_FILE = "predict_bad_rows.jsonl"
-CONFUSION_MATRIX_FILE = "predict_confusion_matrix.png"
-NO_LABEL = "(no label)"  # generate mode: an answer that is none of the label words
 
 SHOWN_BAD_ROWS = 20
 
@@ -152,7 +158,7 @@ def _write_json(path: str, value) -> None:
     os.replace(temporary, path)
 
 
-MODEL_CONFIG_FILES = ("config.json", "adapter_config.json", "prefix_tuning.json")
+MODEL_CONFIG_FILES = (MODEL_CONFIG_FILE, ADAPTER_CONFIG_FILE, TASK_SETTINGS_FILE)
 
 
 def _model_identity(path: str | None) -> list | str | None:
@@ -167,7 +173,7 @@ def _model_identity(path: str | None) -> list | str | None:
         and (
             entry.name in MODEL_CONFIG_FILES
             or entry.name.endswith((".safetensors", ".safetensors.index.json", ".gguf", ".bin.index.json"))
-            or (entry.name.endswith(".bin") and entry.name != "training_args.bin")
+            or (entry.name.endswith(".bin") and entry.name != TRAINING_ARGS_FILE)
         )
     )
 

@@ -13,7 +13,7 @@ import logging
 import torch
 from peft import PeftModel
 
-from .arguments import ArgumentError
+from .errors import ArgumentError
 
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from typing import IO
 
 from datasets import Dataset
 
-from .arguments import ArgumentError
+from .errors import ArgumentError
 
 
 logger = logging.getLogger(__name__)

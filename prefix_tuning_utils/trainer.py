@@ -56,13 +56,14 @@ from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .all_layer_prefix import get_all_layer_prefix
-from .arguments import ArgumentError
 from .classifier import PrefixClassifier
 from .data import LabelledData
 from .encoder_cache import INDEX_COLUMN, EncoderOutputCache, encoder_dropout_off
+from .errors import ArgumentError, TrainingDivergedError
 from .metrics import classification_metrics
 from .modeling import save_task_settings
-from .output_dir import CHECKPOINT_COMPLETE_FILE, last_complete_checkpoint
+from .output_dir import last_complete_checkpoint
+from .run_files import CHECKPOINT_COMPLETE_FILE, PREFIX_ENCODER_FILE
 from .sampling import SeededLengthGroupedSampler, token_lengths
 from .scoring import LabelScorer
 
@@ -105,15 +106,6 @@ def token_mean_loss(
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(total.device)
     return total / num_items_in_batch
-
-
-# Checkpoints of `--prefix_projection` runs hold the whole prefix encoder (embedding + MLP) in this file: peft's
-# adapter file keeps only the projected prefix, from which training cannot continue.
-PREFIX_ENCODER_FILE = "prefix_encoder.safetensors"
-
-
-class TrainingDivergedError(RuntimeError):
-    """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
 def _projected_prefix_encoder(model):

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import patching
 from ..hub_files import get_model_file
+from ..run_files import ADAPTER_CONFIG_FILE
 from .attention import attach
 from .config import ADAPTER_CONFIG_KEY, WEIGHTS_NAME
 from .model import get_all_layer_prefix
@@ -48,7 +49,7 @@ def _save_extra(peft_model, save_directory: str, selected_adapters) -> None:
         os.path.join(save_directory, WEIGHTS_NAME),
         metadata={"format": "pt", ADAPTER_CONFIG_KEY: "all", "gate": "tanh"},
     )
-    config_path = os.path.join(save_directory, "adapter_config.json")
+    config_path = os.path.join(save_directory, ADAPTER_CONFIG_FILE)
     with open(config_path, encoding="utf-8") as handle:
         adapter_config = json.load(handle)
     adapter_config[ADAPTER_CONFIG_KEY] = "all"
@@ -99,7 +100,7 @@ def _load_adapter(original, self, *args, **kwargs):
     hub_kwargs = dict(bound.arguments["kwargs"])
     subfolder = hub_kwargs.pop("subfolder", None)
     try:
-        config = json.loads(Path(get_model_file(model_id, "adapter_config.json", subfolder, **hub_kwargs)).read_text())
+        config = json.loads(Path(get_model_file(model_id, ADAPTER_CONFIG_FILE, subfolder, **hub_kwargs)).read_text())
     except (OSError, ValueError):
         config = {}  # peft raises its own error about it
     scope = config.get(ADAPTER_CONFIG_KEY, "decoder") if config.get("peft_type") == PeftType.PREFIX_TUNING else None
