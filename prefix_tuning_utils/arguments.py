@@ -15,6 +15,7 @@ import yaml
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
 from .errors import ArgumentError  # re-exported: `from prefix_tuning_utils.arguments import ArgumentError` still works
+from .readers import DATA_EXTENSIONS  # the formats readers.py reads (re-exported)
 
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "DATA_SOURCE_KEYS",
 ]
 
-DATA_EXTENSIONS = (".txt", ".csv", ".json", ".jsonl")
 RECIPE_EXTENSIONS = (".yaml", ".yml", ".json")
 # Where the training data comes from. A recipe's source is replaced as a whole when the command line names a source:
 # giving any of DATA_SOURCE_FLAGS drops every one of the recipe's DATA_SOURCE_KEYS (the other data keys still apply).
@@ -302,7 +302,7 @@ class DataTrainingArguments:
             path = getattr(self, flag)
             if path is None:
                 continue
-            if not path.lower().endswith(DATA_EXTENSIONS):
+            if os.path.splitext(path)[1].lower() not in DATA_EXTENSIONS:  # what readers.data_extension refuses
                 raise ArgumentError(f"--{flag} must end in {', '.join(DATA_EXTENSIONS)}, got {path}.")
             if not os.path.isfile(path):
                 raise ArgumentError(f"--{flag} {path} does not exist.")

@@ -1,5 +1,9 @@
 """Reading data files: one reader of `.txt`, `.csv`, `.json` and `.jsonl` for training, evaluation and prediction.
 
+The formats are the keys of `FORMATS` (extension -> the reader's method for it), the one list of what can be read:
+`DATA_EXTENSIONS` comes from it, the argument check of --train_file / --validation_file / --test_file reads it from
+here, and a file with any other extension is refused (`data_extension`), never read as JSON.
+
 Every format gives `Row`s (line number, text, gold label, and why the row is bad, if it is) as a stream, so batch
 prediction can read a file of any size and list its bad rows; training and evaluation read the same rows and stop at
 the first bad one (`read_data_file`), naming its file and line.
@@ -23,6 +27,7 @@ import codecs
 import csv
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -36,10 +41,13 @@ from .errors import ArgumentError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DATA_EXTENSIONS",
+    "FORMATS",
     "LabelledData",
     "InputReader",
     "Row",
     "collect",
+    "data_extension",
     "detect_encoding",
     "parse_label",
     "read_data_file",
@@ -221,7 +229,7 @@ class InputReader:
         self.text_column, self.label_column = text_column, label_column
         self.require_labels = require_labels
         if isinstance(source, str):
-            self.suffix = source.lower().rsplit(".", 1)[-1]
+            self.suffix = data_extension(source)
             self._open = opener or (lambda: open(source, "rb"))
             self.encoding = detect_encoding(source, encoding or "auto", self._open)
         else:
@@ -236,14 +244,8 @@ class InputReader:
             for text, label, line in zip(self.source.texts, self.source.labels, self.source.lines):
                 gold, error = parse_label(label, self.labels)
                 yield Row(line, text.strip(), gold, error or (None if text.strip() else "empty text"))
-        elif self.suffix == "txt":
-            yield from self._txt_rows()
-        elif self.suffix == "csv":
-            yield from self._csv_rows()
-        elif self.suffix == "jsonl":
-            yield from self._jsonl_rows()
         else:
-            yield from self._json_rows()
+            yield from FORMATS[self.suffix](self)
 
     def _decode(self, raw: bytes, number: int) -> tuple[str, str | None]:
         if number == 1 and codecs.lookup(self.encoding).name == "utf-8":
@@ -357,6 +359,26 @@ class InputReader:
                     yield self._object_row(start, item, "column")
             except csv.Error as err:
                 raise ArgumentError(f"{self.source}:{reader.line_num}: malformed CSV ({err}).") from None
+
+
+# The formats read, by extension (lower case), in the order messages list them.
+FORMATS: dict[str, Callable[[InputReader], Iterator[Row]]] = {
+    ".txt": InputReader._txt_rows,
+    ".csv": InputReader._csv_rows,
+    ".json": InputReader._json_rows,
+    ".jsonl": InputReader._jsonl_rows,
+}
+DATA_EXTENSIONS = tuple(FORMATS)
+
+
+def data_extension(path: str) -> str:
+    """The extension of the data file `path`, lower case, as a key of `FORMATS`; any other is refused."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in FORMATS:
+        raise ArgumentError(
+            f"{path}: a data file must end in {', '.join(DATA_EXTENSIONS)}, got {extension or 'no extension'}."
+        )
+    return extension
 
 
 def collect(rows: Iterable[Row], source: str) -> LabelledData:
