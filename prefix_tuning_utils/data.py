@@ -14,6 +14,7 @@ from datasets import DatasetDict
 
 from .arguments import DataTrainingArguments
 from .errors import ArgumentError
+from .hub_files import get_hub_file
 from .readers import InputReader, LabelledData, collect, read_data_file, read_records
 
 
@@ -53,14 +54,12 @@ def load_financial_phrasebank(
     `datasets>=4` no longer runs the dataset's loading script, so we fetch the archive it used
     (`data/FinancialPhraseBank-v1.0.zip` in `takala/financial_phrasebank`) and parse it ourselves.
     """
-    from huggingface_hub import hf_hub_download
-
     if config_name not in FINANCIAL_PHRASEBANK_CONFIGS:
         raise ArgumentError(
             f"--dataset_config_name {config_name!r} is not a financial_phrasebank configuration; use one of "
             f"{', '.join(FINANCIAL_PHRASEBANK_CONFIGS)}."
         )
-    archive = hf_hub_download(
+    archive = get_hub_file(
         FINANCIAL_PHRASEBANK_REPO,
         FINANCIAL_PHRASEBANK_ARCHIVE,
         repo_type="dataset",

@@ -43,6 +43,7 @@ from .arguments import (
     nearest_flag,
 )
 from .errors import ArgumentError, PushError
+from .network import describe_push_failure
 from .run_files import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_FILES,
@@ -228,32 +229,6 @@ def retry_command(settings: HubSettings) -> str:
     return command + " --hub_token <your token>" if settings.token else command
 
 
-def _describe_failure(err: Exception) -> str:
-    """What went wrong, on one line, with what to do about it."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError, HTTPError
-
-    response = getattr(err, "response", None) if isinstance(err, HfHubHTTPError) else None
-    if response is None:
-        detail = " ".join(str(err).split()) or type(err).__name__
-        if isinstance(err, (HTTPError, ConnectionError)):
-            return f"cannot reach the Hub at {constants.ENDPOINT} ({detail}); check the network connection"
-        return detail
-    status = response.status_code
-    server = " ".join((getattr(err, "server_message", None) or str(err).splitlines()[0]).split())
-    hints = {
-        401: "the token was refused: pass a valid --hub_token or run `hf auth login`",
-        403: "the token may not write there: use a token with write access, or a --hub_model_id in your own "
-        "namespace (the name may belong to someone else)",
-        404: "the repo or branch was not found: check --hub_model_id and --hub_revision",
-        409: "the name conflicts with an existing repo: choose another --hub_model_id",
-        412: "the branch moved during the push: retry",
-        429: "too many requests: wait a little",
-    }
-    hint = hints.get(status, "the Hub had an internal error: try again later" if status >= 500 else "see above")
-    return f"HTTP {status} ({server}); {hint}"
-
-
 def _get_api(settings: HubSettings):
     from huggingface_hub import HfApi
 
@@ -337,7 +312,7 @@ def push_run(settings: HubSettings) -> str:
     except (HTTPError, OSError) as err:
         raise PushError(
             f"pushing {out} to the Hub failed while {stage} {settings.repo_id or settings.model_id}: "
-            f"{_describe_failure(err)}. The run is saved in {out}; retry the push alone with: "
+            f"{describe_push_failure(err)}. The run is saved in {out}; retry the push alone with: "
             f"{retry_command(settings)}"
         ) from None
     logger.info("Pushed %d files of %s to %s: %s", count, out, repo_id, info.commit_url)
@@ -368,7 +343,7 @@ class HubCheckpointCallback(TrainerCallback):
             logger.warning(
                 "Pushing checkpoint %s to the Hub failed (%s); training goes on, and the push at the end tries again.",
                 state.global_step,
-                _describe_failure(err) if not isinstance(err, PushError) else err,
+                describe_push_failure(err) if not isinstance(err, PushError) else err,
             )
 
 

@@ -6,7 +6,9 @@ how to go on, instead of a traceback. A name that does not exist or that the tok
 the user's to fix: `ArgumentError`, exit code 2. A Hub that cannot be reached, does not answer in time or answers
 with a server error is not: `HubUnavailableError`, exit code 1. Any other exception passes through unchanged.
 
-The push (`hub.push_run`) describes its failures with the same `describe_hub_failure`.
+The push (`hub.push_run`, the checkpoint pushes) describes its failures with `describe_push_failure`, from the same
+table of HTTP statuses (`STATUS_HINTS`, once worded for reading and once for writing): every Hub error the package
+reports is worded here.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from .errors import ArgumentError, HubUnavailableError
 __all__ = [
     "DATA_ADVICE",
     "MODEL_ADVICE",
+    "STATUS_HINTS",
     "HubUnavailableError",
     "bound_hub_timeouts",
     "describe_hub_failure",
+    "describe_push_failure",
     "hub_step",
 ]
 
@@ -35,13 +39,33 @@ READ_TIMEOUT = 60.0
 _OFFLINE_ADVICE = "with the files already in your Hugging Face cache, run again with HF_HUB_OFFLINE=1"
 DATA_ADVICE = f"{_OFFLINE_ADVICE}, or train from local files with --train_file (e.g. Sentences_AllAgree.txt)"
 MODEL_ADVICE = f"{_OFFLINE_ADVICE}, or pass a local folder to --model_name_or_path"
-# What the user can change for each refusal of the Hub.
-_STATUS_HINTS = {
-    401: "the token was refused: pass a valid token (--token, or `hf auth login`)",
-    403: "access denied: for a gated or private repo, accept its terms on the Hub and pass a token that may read it",
-    404: "not found: check the name (a private repo also needs a token)",
-    429: "too many requests: wait a little and run again",
+# What the user can change for each refusal of the Hub: (when downloading, when pushing); None where the status has no
+# hint of its own. From 500 on the Hub failed, not the user's input (SERVER_ERROR: for any status from 500).
+SERVER_ERROR = 500
+STATUS_HINTS = {
+    401: (
+        "the token was refused: pass a valid token (--token, or `hf auth login`)",
+        "the token was refused: pass a valid --hub_token or run `hf auth login`",
+    ),
+    403: (
+        "access denied: for a gated or private repo, accept its terms on the Hub and pass a token that may read it",
+        "the token may not write there: use a token with write access, or a --hub_model_id in your own namespace "
+        "(the name may belong to someone else)",
+    ),
+    404: (
+        "not found: check the name (a private repo also needs a token)",
+        "the repo or branch was not found: check --hub_model_id and --hub_revision",
+    ),
+    409: (None, "the name conflicts with an existing repo: choose another --hub_model_id"),
+    412: (None, "the branch moved during the push: retry"),
+    429: ("too many requests: wait a little and run again", "too many requests: wait a little"),
+    SERVER_ERROR: ("a server error", "the Hub had an internal error: try again later"),
 }
+DOWNLOAD, PUSH = 0, 1  # the columns of STATUS_HINTS
+
+
+def _hint(status: int, column: int) -> str | None:
+    return STATUS_HINTS.get(min(status, SERVER_ERROR), (None, None))[column]
 
 
 def _bound_timeouts(request) -> None:
@@ -101,10 +125,10 @@ def describe_hub_failure(err: BaseException) -> tuple[str, bool] | None:
     for cause in chain:
         status = _status(cause) if isinstance(cause, HfHubHTTPError) or hasattr(cause, "response") else None
         if status is not None:
-            if status >= 500:
-                return f"the Hub answered HTTP {status} (a server error): try again later", False
-            if status in _STATUS_HINTS:
-                return f"HTTP {status}: {_STATUS_HINTS[status]}", status != 429
+            if status >= SERVER_ERROR:
+                return f"the Hub answered HTTP {status} ({_hint(status, DOWNLOAD)}): try again later", False
+            if _hint(status, DOWNLOAD) is not None:
+                return f"HTTP {status}: {_hint(status, DOWNLOAD)}", status != 429
     for cause in chain:
         name = type(cause).__name__
         if isinstance(cause, TimeoutError) or "Timeout" in name:
@@ -118,6 +142,21 @@ def describe_hub_failure(err: BaseException) -> tuple[str, bool] | None:
     if type(chain[-1]).__name__ == "LocalEntryNotFoundError":
         return "the files are not in the local cache and the Hub was not asked (offline mode)", True
     return None
+
+
+def describe_push_failure(err: BaseException) -> str:
+    """What went wrong while creating a repo or committing to it, on one line, with what to do about it."""
+    from huggingface_hub.errors import HfHubHTTPError, HTTPError
+
+    response = getattr(err, "response", None) if isinstance(err, HfHubHTTPError) else None
+    if response is None:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, (HTTPError, ConnectionError)):
+            return f"cannot reach the Hub at {_endpoint()} ({detail}); check the network connection"
+        return detail
+    status = response.status_code
+    server = " ".join((getattr(err, "server_message", None) or str(err).splitlines()[0]).split())
+    return f"HTTP {status} ({server}); {_hint(status, PUSH) or 'see above'}"
 
 
 @contextlib.contextmanager
