@@ -71,7 +71,7 @@ def build_adapter(folder: Path, config, tokenizer, num_virtual_tokens: int = 20)
     from transformers import T5ForConditionalGeneration
 
     from prefix_tuning_utils.arguments import DataTrainingArguments
-    from prefix_tuning_utils.modeling import save_task_settings
+    from prefix_tuning_utils.run_folder import save_task_settings
 
     torch.manual_seed(0)
     base_dir, adapter_dir = folder / "base", folder / "adapter"

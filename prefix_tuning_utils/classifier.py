@@ -44,15 +44,8 @@ import torch
 from .arguments import DataTrainingArguments, ModelArguments
 from .errors import ArgumentError
 from .metrics import normalise_answer
-from .modeling import (
-    FP16_UNSAFE_MODEL_TYPES,
-    TASK_SETTINGS_FIELDS,
-    find_trained_model,
-    get_model_config,
-    get_task,
-    get_tokenizer,
-    load_base_model,
-)
+from .modeling import FP16_UNSAFE_MODEL_TYPES, get_model_config, get_task, get_tokenizer, load_base_model
+from .run_folder import TASK_SETTINGS_FIELDS, find_trained_model
 from .scoring import LabelScorer
 
 

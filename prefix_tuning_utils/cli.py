@@ -38,16 +38,13 @@ from .data import LabelledData, get_datasets, to_dataset_dict
 from .errors import ArgumentError, HubUnavailableError, PushError, TrainingDivergedError
 from .metrics import build_compute_metrics
 from .modeling import (
-    TrainedModel,
     build_model,
     build_peft_config,
     check_model_config,
-    find_trained_model,
     get_model_config,
     get_tokenizer,
     initialises_from_config,
     load_base_model,
-    save_initialised_base,
     trainable_parameters,
 )
 from .network import DATA_ADVICE, MODEL_ADVICE, bound_hub_timeouts, hub_step
@@ -55,6 +52,7 @@ from .output_dir import prepare_output_dir
 from .predict import predict
 from .prefix_init import init_prefix_from_text
 from .preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
+from .run_folder import TrainedModel, find_trained_model, save_initialised_base
 from .scoring import LabelScorer
 from .trainer import PrefixTuningTrainer, set_sample_count
 

@@ -31,11 +31,15 @@ first (``whole_prefix_for_saving``).
 The trainer also refuses set-ups that would silently do something else than asked: processes started by
 ``accelerate launch`` that are not in a process group (each would train alone), an FSDP or DeepSpeed config that
 accelerate ignores (on CPU it runs plain DDP), and several GPUs in one process (torch DataParallel).
+
+What moved out: the checkpoint I/O (the prefix encoder file, the completion mark, loading them back) and the
+FSDP/ZeRO-3 prefix gathering are in :mod:`prefix_tuning_utils.checkpointing`; the set-up checks
+(``check_distributed_setup``, ``check_encoder_cacheable``) in :mod:`prefix_tuning_utils.setup_checks`. This module
+keeps the Trainer subclass: the loss, the sampler, the encoder cache's hooks, the divergence guard and evaluation.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -47,41 +51,27 @@ import datasets
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from accelerate.utils import gather_object
-from peft import PeftModel, PeftType
-from safetensors.torch import load_file, save_file
-from torch.distributed.fsdp import FullyShardedDataParallel as FSDP  # noqa: N817 - the usual name
-from torch.distributed.tensor import DTensor
+from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .all_layer_prefix import get_all_layer_prefix
+from .checkpointing import load_prefix_encoder, mark_complete, save_prefix_encoder, whole_prefix_for_saving
 from .classifier import PrefixClassifier
 from .data import LabelledData
 from .encoder_cache import INDEX_COLUMN, EncoderOutputCache, encoder_dropout_off
-from .errors import ArgumentError, TrainingDivergedError
+from .errors import TrainingDivergedError
 from .metrics import classification_metrics
-from .modeling import save_task_settings
 from .output_dir import last_complete_checkpoint
-from .run_files import CHECKPOINT_COMPLETE_FILE, PREFIX_ENCODER_FILE
+from .run_folder import save_task_settings
 from .sampling import SeededLengthGroupedSampler, token_lengths
 from .scoring import LabelScorer
+from .setup_checks import check_distributed_setup, check_encoder_cacheable
 
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "CHECKPOINT_COMPLETE_FILE",
-    "PREFIX_ENCODER_FILE",
-    "TrainingDivergedError",
-    "check_distributed_setup",
-    "check_encoder_cacheable",
-    "PrefixTuningTrainer",
-    "LogLastStepCallback",
-    "set_sample_count",
-    "token_mean_loss",
-    "whole_prefix_for_saving",
-]
+__all__ = ["PrefixTuningTrainer", "LogLastStepCallback", "set_sample_count", "token_mean_loss"]
 
 
 def token_mean_loss(
@@ -106,16 +96,6 @@ def token_mean_loss(
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(total.device)
     return total / num_items_in_batch
-
-
-def _projected_prefix_encoder(model):
-    """The trainable prefix encoder (with its MLP) of a `--prefix_projection` peft model, else None."""
-    if not isinstance(model, PeftModel):
-        return None
-    config = model.active_peft_config
-    if config.peft_type != PeftType.PREFIX_TUNING or not config.prefix_projection or config.inference_mode:
-        return None
-    return model.prompt_encoder[model.active_adapter]
 
 
 class LogLastStepCallback(TrainerCallback):
@@ -255,41 +235,24 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
                 super().save_model(output_dir, _internal_call=_internal_call)
         else:
             super().save_model(output_dir, _internal_call=_internal_call)
-        encoder = _projected_prefix_encoder(self.accelerator.unwrap_model(self.model))
-        if _internal_call and encoder is not None and self.args.should_save:
+        if _internal_call and self.args.should_save:
             # A checkpoint (not the final adapter, which keeps only the resulting prefix): add the MLP.
-            state = {key: value.detach().cpu().contiguous() for key, value in encoder.state_dict().items()}
-            save_file(state, os.path.join(output_dir or self.args.output_dir, PREFIX_ENCODER_FILE))
+            save_prefix_encoder(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            mark_complete(
+                os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             )
-            if os.path.isdir(folder):
-                open(os.path.join(folder, CHECKPOINT_COMPLETE_FILE), "w").close()
-
-    def _load_prefix_encoder(self, checkpoint: str, model) -> bool:
-        encoder = _projected_prefix_encoder(self.accelerator.unwrap_model(model))
-        if encoder is None:
-            return False
-        path = os.path.join(checkpoint, PREFIX_ENCODER_FILE)
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"{checkpoint} has no {PREFIX_ENCODER_FILE}: it holds only the projected prefix of a "
-                "--prefix_projection run, from which training cannot continue exactly. Resume from a checkpoint "
-                "written by this package, or start without --resume_from_checkpoint."
-            )
-        encoder.load_state_dict(load_file(path, device=str(next(encoder.parameters()).device)))
-        return True
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        if not self._load_prefix_encoder(resume_from_checkpoint, model if model is not None else self.model):
+        unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if not load_prefix_encoder(resume_from_checkpoint, unwrapped):
             super()._load_from_checkpoint(resume_from_checkpoint, model=model)
 
     def _load_best_model(self):
-        if not self._load_prefix_encoder(self.state.best_model_checkpoint, self.model):
+        if not load_prefix_encoder(self.state.best_model_checkpoint, self.accelerator.unwrap_model(self.model)):
             super()._load_best_model()
 
     # --- divergence guard -----------------------------------------------------------------------------------
@@ -452,104 +415,3 @@ def set_sample_count(metrics: dict, prefix: str, expected: int) -> None:
     if scored is not None and scored != expected:
         raise RuntimeError(f"The {prefix} metrics were computed on {scored} answers for {expected} examples.")
     metrics[key] = expected
-
-
-def check_encoder_cacheable(model, encoder_decoder: bool) -> None:
-    """--cache_encoder_outputs only where the encoder's output cannot change in training (encoder_cache.py)."""
-    if not encoder_decoder:
-        raise ArgumentError(
-            "--cache_encoder_outputs needs a seq2seq model (a frozen encoder); this is a decoder-only model, whose "
-            "every layer sees the prefix: drop --cache_encoder_outputs."
-        )
-    config = model.active_peft_config if isinstance(model, PeftModel) else None
-    if (
-        config is None
-        or config.peft_type != PeftType.PREFIX_TUNING
-        or get_all_layer_prefix(model) is not None  # --prefix_scope all: the encoder sees a prefix
-        or any(p.requires_grad for p in model.get_base_model().get_encoder().parameters())
-    ):
-        raise ArgumentError(
-            "--cache_encoder_outputs needs peft's prefix tuning with --prefix_scope decoder (a frozen encoder that "
-            "sees no prefix): drop --cache_encoder_outputs."
-        )
-
-
-def check_distributed_setup(trainer: Seq2SeqTrainer) -> None:
-    """Refuse set-ups where the processes would not do what the accelerate config asks (module docstring)."""
-    args = trainer.args
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and args.world_size == 1:
-        raise ArgumentError(
-            f"Started as one of {launched} processes, but this process is in no process group: each would train "
-            "alone on all the data. Without a GPU pass --use_cpu true (the default there); with GPUs, launch with "
-            "accelerate_configs/multi_gpu.yaml."
-        )
-    for engine, variable, enabled in (
-        ("FSDP", "ACCELERATE_USE_FSDP", trainer.is_fsdp_enabled),
-        ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED", trainer.is_deepspeed_enabled),
-    ):
-        if os.environ.get(variable, "false").lower() == "true" and not enabled:
-            raise ArgumentError(
-                f"The accelerate config asks for {engine}, which accelerate only runs on GPUs; here it would fall back "
-                "to plain data parallelism. On CPU use accelerate_configs/multi_cpu.yaml."
-            )
-    if args.n_gpu > 1:
-        raise ArgumentError(
-            f"{args.n_gpu} GPUs in one process (torch DataParallel) is not supported: launch one process per GPU "
-            "with `accelerate launch --config_file accelerate_configs/multi_gpu.yaml ...`, or make one GPU visible "
-            "(CUDA_VISIBLE_DEVICES=0)."
-        )
-
-
-def _prompt_tokens(peft_model, adapter_name: str) -> torch.Tensor:
-    """The virtual token ids peft feeds the prefix encoder when it saves the prefix (one row)."""
-    tokens = peft_model.prompt_tokens[adapter_name].unsqueeze(0)
-    return tokens[:, : peft_model.peft_config[adapter_name].num_virtual_tokens]
-
-
-def full_prompt_embeddings(peft_model, wrapped_model, adapter_name: str) -> torch.Tensor:
-    """The prefix peft saves for `adapter_name`, computed from whole parameters however they are sharded.
-
-    Collective under FSDP and ZeRO-3: every process must call it. Only the prefix encoder is gathered.
-    """
-    encoder = peft_model.prompt_encoder[adapter_name]
-    params = dict(encoder.named_parameters())
-    if any(hasattr(p, "ds_id") for p in params.values()):  # DeepSpeed ZeRO-3: partitioned parameters
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(params.values())), torch.no_grad():
-            return peft_model.get_prompt_embedding_to_save(adapter_name)
-    if any(isinstance(p, DTensor) for p in params.values()):  # FSDP2 (fully_shard): DTensor shards
-        full = {name: p.full_tensor() if isinstance(p, DTensor) else p for name, p in params.items()}
-        tokens = _prompt_tokens(peft_model, adapter_name).to(next(iter(full.values())).device)
-        with torch.no_grad():
-            return torch.func.functional_call(encoder, full, (tokens,))[0].detach().cpu()
-    owner = None
-    if isinstance(wrapped_model, FSDP):  # FSDP1: the innermost unit that owns the prefix encoder
-        weight = next(iter(params.values()))
-        for module in wrapped_model.modules():
-            if isinstance(module, FSDP) and any(p is weight for p in module.parameters()):
-                owner = module
-    context = FSDP.summon_full_params(owner, recurse=False, writeback=False) if owner else contextlib.nullcontext()
-    with context, torch.no_grad():
-        return peft_model.get_prompt_embedding_to_save(adapter_name)
-
-
-@contextlib.contextmanager
-def whole_prefix_for_saving(peft_model, wrapped_model):
-    """Within the block, peft saves the prefix computed from whole parameters (FSDP1/2, ZeRO-3 or none).
-
-    peft takes the saved prefix not from the (gathered) state dict but from running the prefix encoder on its own
-    parameters, which FSDP and ZeRO-3 leave sharded outside forward: the save fails (``'weight' must be 2-D``) or
-    would write a shard. Collective: every process must enter it.
-    """
-    adapters = [name for name, config in peft_model.peft_config.items() if config.is_prompt_learning]
-    embeddings = {name: full_prompt_embeddings(peft_model, wrapped_model, name) for name in adapters}
-    if not embeddings:
-        yield
-        return
-    peft_model.get_prompt_embedding_to_save = embeddings.__getitem__
-    try:
-        yield
-    finally:
-        del peft_model.get_prompt_embedding_to_save

@@ -26,8 +26,8 @@ from transformers import T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5Block
 
 from prefix_tuning_utils.arguments import PrefixArguments
+from prefix_tuning_utils.checkpointing import whole_prefix_for_saving
 from prefix_tuning_utils.modeling import build_model, build_peft_config
-from prefix_tuning_utils.trainer import whole_prefix_for_saving
 
 
 def full_encoder_state(peft_model, wrapped, kind: str) -> dict[str, torch.Tensor]:

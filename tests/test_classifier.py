@@ -19,7 +19,7 @@ from transformers import T5ForConditionalGeneration
 from prefix_tuning_utils import cli
 from prefix_tuning_utils.arguments import ArgumentError
 from prefix_tuning_utils.classifier import InputFormat, PrefixClassifier
-from prefix_tuning_utils.modeling import TASK_SETTINGS_FILE
+from prefix_tuning_utils.run_files import TASK_SETTINGS_FILE
 from prefix_tuning_utils.scoring import LabelScorer
 from tests.conftest import REPO
 

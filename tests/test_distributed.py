@@ -28,7 +28,8 @@ from prefix_tuning_utils import cli as run_prefix_tuning
 from prefix_tuning_utils.accelerate_config import find_placeholders, load_accelerate_config
 from prefix_tuning_utils.arguments import ArgumentError, DataTrainingArguments
 from prefix_tuning_utils.data import get_datasets
-from prefix_tuning_utils.trainer import PrefixTuningTrainer, check_distributed_setup, set_sample_count
+from prefix_tuning_utils.setup_checks import check_distributed_setup
+from prefix_tuning_utils.trainer import PrefixTuningTrainer, set_sample_count
 from tests.conftest import REPO
 
 

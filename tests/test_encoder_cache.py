@@ -153,7 +153,7 @@ def test_trainer_refuses_models_whose_encoder_training_can_change(tiny_t5_dir):
     from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
     from transformers import T5ForConditionalGeneration
 
-    from prefix_tuning_utils.trainer import check_encoder_cacheable
+    from prefix_tuning_utils.setup_checks import check_encoder_cacheable
 
     def t5():
         return T5ForConditionalGeneration.from_pretrained(tiny_t5_dir)

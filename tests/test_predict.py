@@ -25,8 +25,8 @@ from transformers import AutoTokenizer, T5ForConditionalGeneration
 from prefix_tuning_utils import cli as run_prefix_tuning
 from prefix_tuning_utils.arguments import ArgumentError, DataTrainingArguments
 from prefix_tuning_utils.metrics import classification_metrics, confusion_metrics
-from prefix_tuning_utils.modeling import TASK_SETTINGS_FILE
 from prefix_tuning_utils.readers import InputReader
+from prefix_tuning_utils.run_files import TASK_SETTINGS_FILE
 from prefix_tuning_utils.scoring import LabelScorer
 from tests.conftest import REPO, tiny_t5_config
 
