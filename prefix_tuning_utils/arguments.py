@@ -1,4 +1,11 @@
-"""Command-line and recipe arguments, validated up front."""
+"""Command-line and recipe arguments, validated up front: one parser (`_Parser`) and one set of recipe rules for
+training (`parse_args`) and for its subcommands (`parse_push_args`: `prefix-tuning push`).
+
+The rules, the same for every command: a recipe (.yaml/.yml/.json) given first supplies the keys it knows (a recipe
+may hold the keys of another command, which are ignored there; any other key is refused, with the nearest known
+name), flags override it, an unknown flag is refused with the nearest known one (no abbreviations), and every
+refusal is one line (an `ArgumentError`, exit code 2).
+"""
 
 from __future__ import annotations
 
@@ -25,8 +32,11 @@ __all__ = [
     "PrefixTrainingArguments",
     "PredictArguments",
     "ArgumentError",
+    "PushArguments",
     "build_parser",
+    "build_push_parser",
     "parse_args",
+    "parse_push_args",
     "DATA_EXTENSIONS",
     "DATA_SOURCE_FLAGS",
     "DATA_SOURCE_KEYS",
@@ -41,10 +51,17 @@ DEBUG_HELP = (
     "A bare --debug (no value) shows the full traceback of an error instead of its one-line message. With a value, "
     "the Trainer's debug features: "
 )
+# The console script (setup.cfg) and its subcommand that publishes a finished run.
+PROGRAM = "prefix-tuning"
+PUSH_PROG = f"{PROGRAM} push"
+PUSH_USAGE = (
+    f"{PUSH_PROG} --output_dir DIR [--hub_model_id ID] [--hub_token TOKEN] [--hub_revision BRANCH] "
+    "[--hub_private_repo true]"
+)
 PUSH_ONLY_USAGE = (
-    "To publish a finished run again without training (e.g. after a failed push): python run_prefix_tuning.py "
-    "--push_only --output_dir DIR [--hub_model_id ID] [--hub_token TOKEN] [--hub_revision BRANCH] "
-    "[--hub_private_repo true]. Publishing is described in README.md (Publishing)."
+    f"To publish a finished run again without training (e.g. after a failed push): {PUSH_USAGE} (also "
+    f"`python run_prefix_tuning.py push ...`; `{PUSH_PROG} --help` lists its flags). Its old spelling, "
+    "`--push_only --output_dir DIR ...`, still works. Publishing is described in README.md (Publishing)."
 )
 
 
@@ -429,6 +446,34 @@ class PredictArguments:
 # --- end of batch prediction arguments ---
 
 
+@dataclass
+class PushArguments:
+    """`prefix-tuning push`: publish a finished run again, without training (for example after a failed push)."""
+
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "The finished run's folder: its adapter, tokenizer, results and a freshly rendered model card are "
+            "published."
+        },
+    )
+    hub_model_id: str | None = field(
+        default=None,
+        metadata={"help": "Repo to publish to, `name` or `namespace/name` (default: the name of --output_dir)."},
+    )
+    hub_token: str | None = field(
+        default=None, repr=False, metadata={"help": "Hub token with write access (default: `hf auth login`'s)."}
+    )
+    hub_private_repo: bool | None = field(
+        default=None, metadata={"help": "Create the repo private (ignored when it already exists)."}
+    )
+    hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            raise ArgumentError(f"`{PUSH_PROG}` needs --output_dir: the folder of the finished run to publish.")
+
+
 def _check_training_args(model_args: ModelArguments, training_args: Seq2SeqTrainingArguments) -> None:
     if model_args.model_name_or_path is None:
         raise ArgumentError("--model_name_or_path is required (e.g. t5-large, or a local model folder).")
@@ -441,7 +486,34 @@ def _check_training_args(model_args: ModelArguments, training_args: Seq2SeqTrain
         raise ArgumentError("Nothing to do: pass at least one of --do_train, --do_eval, --do_predict.")
 
 
-def _recipe_defaults(parser: HfArgumentParser, path: str) -> dict:
+TRAINING_ARGUMENTS = (
+    ModelArguments,
+    DataTrainingArguments,
+    PrefixArguments,
+    PredictArguments,
+    PrefixTrainingArguments,
+)
+TRAINING_HELP = "python run_prefix_tuning.py --help"
+
+
+def _recipe_keys(dataclass_types) -> set[str]:
+    """The keys a recipe may set for these argument dataclasses: their fields' names."""
+    return {f.name for dtype in dataclass_types for f in fields(dtype) if f.init}
+
+
+def _unknown_keys_hint(unknown: list[str], known: set[str]) -> str:
+    """`Did you mean x?` for the unknown keys that are close to a known one ('' for none)."""
+    close = [(key, difflib.get_close_matches(key, known, n=1)) for key in unknown]
+    close = [(key, match[0]) for key, match in close if match]
+    if not close:
+        return ""
+    if len(unknown) == 1:
+        return f" Did you mean {close[0][1]}?"
+    return " Did you mean " + ", ".join(f"{match} (for {key})" for key, match in close) + "?"
+
+
+def _recipe_defaults(parser: HfArgumentParser, path: str, ignored: set[str] = frozenset(), help_command=TRAINING_HELP):
+    """The values of the recipe `path` that `parser` knows; `ignored`: keys of another command, left out."""
     if not os.path.isfile(path):
         raise ArgumentError(f"Recipe {path} does not exist.")
     try:
@@ -454,13 +526,31 @@ def _recipe_defaults(parser: HfArgumentParser, path: str) -> dict:
         return {}
     if not isinstance(config, dict):
         raise ArgumentError(f"Recipe {path} must be a mapping of argument names to values.")
-    known = {f.name for dtype in parser.dataclass_types for f in fields(dtype) if f.init}
-    unknown = sorted(set(config) - known)
+    known = _recipe_keys(parser.dataclass_types)
+    unknown = sorted(set(config) - known - set(ignored))
     if unknown:
         raise ArgumentError(
-            f"Recipe {path} has unknown key(s): {', '.join(unknown)}. See `python run_prefix_tuning.py --help`."
+            f"Recipe {path} has unknown key(s): {', '.join(unknown)}.{_unknown_keys_hint(unknown, known | ignored)} "
+            f"See `{help_command}`."
         )
-    return config
+    return {key: value for key, value in config.items() if key in known}
+
+
+def _split_recipe(
+    parser: HfArgumentParser, argv: list[str], ignored: set[str] = frozenset(), help_command=TRAINING_HELP
+) -> tuple[dict, list[str]]:
+    """(the recipe's values, the flags after it) when `argv` starts with a recipe file, else ({}, argv)."""
+    if argv and not argv[0].startswith("-") and argv[0].lower().endswith(RECIPE_EXTENSIONS):
+        return _recipe_defaults(parser, argv[0], ignored, help_command), list(argv[1:])
+    return {}, list(argv)
+
+
+def _use_recipe(parser: HfArgumentParser, recipe: dict) -> None:
+    """A recipe value becomes the default of its flag, so any flag given on the command line wins."""
+    parser.set_defaults(**recipe)
+    for action in parser._actions:
+        if action.dest in recipe and action.required:
+            action.required = False
 
 
 class _Parser(HfArgumentParser):
@@ -471,12 +561,8 @@ class _Parser(HfArgumentParser):
 
 
 def build_parser() -> HfArgumentParser:
-    """The parser of every argument: no abbreviations (`--num_virtual_token` is not `--num_virtual_tokens`)."""
-    parser = _Parser(
-        (ModelArguments, DataTrainingArguments, PrefixArguments, PredictArguments, PrefixTrainingArguments),
-        epilog=PUSH_ONLY_USAGE,
-        allow_abbrev=False,
-    )
+    """The parser of every training argument: no abbreviations (`--num_virtual_token` is not `--num_virtual_tokens`)."""
+    parser = _Parser(TRAINING_ARGUMENTS, epilog=PUSH_ONLY_USAGE, allow_abbrev=False)
     debug = parser._option_string_actions["--debug"]
     debug.help = DEBUG_HELP + (debug.help or "")
     if not torch.accelerator.is_available():
@@ -484,6 +570,18 @@ def build_parser() -> HfArgumentParser:
         # `accelerate launch` (torchrun) do not join a gloo process group: each would train alone on all the data.
         parser.set_defaults(use_cpu=True)
     return parser
+
+
+def build_push_parser() -> HfArgumentParser:
+    """The parser of `prefix-tuning push`: the same parser class and rules as training, over `PushArguments`."""
+    return _Parser(
+        PushArguments,
+        prog=PUSH_PROG,
+        description=PushArguments.__doc__,
+        epilog="A recipe given first supplies --output_dir and the hub_* settings; its training keys are ignored. "
+        "Publishing is described in README.md (Publishing).",
+        allow_abbrev=False,
+    )
 
 
 def _flags_given(parser: HfArgumentParser, cli: list[str]) -> set[str]:
@@ -498,19 +596,34 @@ def nearest_flag(parser: HfArgumentParser, arg: str) -> str | None:
     return parser._option_string_actions[close[0]].option_strings[0] if close else None
 
 
-def _refuse_unknown(parser: HfArgumentParser, cli: list[str]) -> None:
-    """An unknown flag is named with the nearest known one; any other left-over word is named as it is."""
+def _refuse_unknown(
+    parser: HfArgumentParser, cli: list[str], foreign: set[str] = frozenset(), takes_only: str | None = None
+) -> None:
+    """An unknown flag is named with the nearest known one; any other left-over word is named as it is.
+
+    `foreign`: flags of another command, which are not typos of this one's; they are refused with `takes_only`.
+    """
     _, rest = parser.parse_known_args(cli)
     for arg in rest:
-        if arg.startswith("-"):
+        flag = arg.split("=", 1)[0]
+        if arg.startswith("-") and flag not in foreign:
             close = nearest_flag(parser, arg)
-            raise ArgumentError(
-                f"unknown flag {arg.split('=', 1)[0]}; {f'did you mean {close}?' if close else 'see --help.'}"
-            )
+            raise ArgumentError(f"unknown flag {flag}; {f'did you mean {close}?' if close else 'see --help.'}")
+    if rest and takes_only is not None:
+        raise ArgumentError(f"{takes_only}; got {' '.join(rest)}.")
     if rest:
         raise ArgumentError(
             f"unexpected argument(s): {' '.join(rest)}. Values follow their flag; a recipe (.yaml/.json) comes first."
         )
+
+
+def _into_dataclasses(parser: HfArgumentParser, cli: list[str]) -> tuple:
+    try:
+        return parser.parse_args_into_dataclasses(args=cli)
+    except ArgumentError:
+        raise
+    except ValueError as err:  # transformers' own checks, e.g. conflicting training arguments
+        raise ArgumentError(" ".join(str(err).split())) from None
 
 
 def parse_args(
@@ -523,26 +636,33 @@ def parse_args(
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    if argv and not argv[0].startswith("-") and argv[0].lower().endswith(RECIPE_EXTENSIONS):
-        recipe = _recipe_defaults(parser, argv[0])
-        cli = argv[1:]
-        if _flags_given(parser, cli) & set(DATA_SOURCE_FLAGS):
-            recipe = {key: value for key, value in recipe.items() if key not in DATA_SOURCE_KEYS}
-        # A recipe value becomes the default of its flag, so any flag given on the command line wins.
-        parser.set_defaults(**recipe)
-        for action in parser._actions:
-            if action.dest in recipe and action.required:
-                action.required = False
-    else:
-        cli = argv
+    recipe, cli = _split_recipe(parser, argv)
+    if _flags_given(parser, cli) & set(DATA_SOURCE_FLAGS):
+        recipe = {key: value for key, value in recipe.items() if key not in DATA_SOURCE_KEYS}
+    _use_recipe(parser, recipe)
     _refuse_unknown(parser, cli)
-    try:
-        model_args, data_args, prefix_args, predict_args, training_args = parser.parse_args_into_dataclasses(args=cli)
-    except ArgumentError:
-        raise
-    except ValueError as err:  # transformers' own checks, e.g. conflicting training arguments
-        raise ArgumentError(" ".join(str(err).split())) from None
+    model_args, data_args, prefix_args, predict_args, training_args = _into_dataclasses(parser, cli)
     if not training_args.learning_rate_given:
         training_args.learning_rate = DEFAULT_LEARNING_RATES[prefix_args.tuning_method]
     _check_training_args(model_args, training_args)
     return model_args, data_args, prefix_args, predict_args, training_args
+
+
+def parse_push_args(argv: list[str]) -> PushArguments:
+    """`prefix-tuning push [RECIPE] FLAGS`: the rules of `parse_args`. The recipe's training keys are ignored, and
+    a training flag is refused as such (not taken for a typo of a push flag)."""
+    parser = build_push_parser()
+    recipe, cli = _split_recipe(
+        parser, argv, ignored=_recipe_keys(TRAINING_ARGUMENTS), help_command=f"{PUSH_PROG} --help"
+    )
+    _use_recipe(parser, recipe)
+    *flags, last = [action.option_strings[0] for action in parser._actions if action.dest != "help"]
+    push_flags = f"{', '.join(flags)} and {last}"
+    _refuse_unknown(
+        parser,
+        cli,
+        foreign=set(build_parser()._option_string_actions),
+        takes_only=f"`{PUSH_PROG}` publishes a finished run and takes only {push_flags} (or a recipe)",
+    )
+    (args,) = _into_dataclasses(parser, cli)
+    return args

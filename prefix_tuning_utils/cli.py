@@ -6,8 +6,12 @@
 
 Only the prefix (a few virtual key/value vectors per attention layer) is trained; the adapter written to
 --output_dir loads with plain `PeftModel.from_pretrained` (with --prefix_scope all: after `import prefix_tuning_utils`).
-With --push_to_hub it is published with a model card; `prefix-tuning --push_only --output_dir DIR --hub_model_id ID`
+With --push_to_hub it is published with a model card; `prefix-tuning push --output_dir DIR --hub_model_id ID`
 publishes a finished run again.
+
+The first word of the command line may name a subcommand (`SUBCOMMANDS`: `push`); anything else is a training run.
+Every command is parsed by the same parser class and recipe rules (`arguments`) and logs through `setup_logging`.
+`--push_only`, the old spelling of `push`, is still accepted, with a deprecation warning (`DEPRECATED_FLAGS`).
 
 `main()` reads as the phases of a transformers example: resolve and check the arguments (all of it in
 `resolve_and_validate`, before any weight is loaded or file written), then the output folder, the model,
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import datasets
@@ -27,12 +32,14 @@ from transformers import PretrainedConfig, set_seed
 from . import hub, model_card
 from .all_layer_prefix import check_scope_supported
 from .arguments import (
+    PROGRAM,
     DataTrainingArguments,
     ModelArguments,
     PredictArguments,
     PrefixArguments,
     PrefixTrainingArguments,
     parse_args,
+    parse_push_args,
 )
 from .data import LabelledData, get_datasets, to_dataset_dict
 from .errors import ArgumentError, HubUnavailableError, PushError, TrainingDivergedError
@@ -59,18 +66,20 @@ from .trainer import PrefixTuningTrainer, set_sample_count
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Run", "cli", "main", "resolve_and_validate", "setup_logging"]
+__all__ = ["SUBCOMMANDS", "Run", "cli", "main", "push", "resolve_and_validate", "setup_logging", "split_subcommand"]
 
 
-def setup_logging(training_args) -> None:
+def setup_logging(training_args: PrefixTrainingArguments | None = None) -> None:
+    """The logging of every command: lines on stdout, this package and transformers at the process's level. Without
+    training arguments (a subcommand: one process) at info, with no per-process summary line."""
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%m/%d/%Y %H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
     )
-    if training_args.should_log:
+    if training_args is None or training_args.should_log:
         transformers.utils.logging.set_verbosity_info()
-    log_level = training_args.get_process_log_level()
+    log_level = training_args.get_process_log_level() if training_args is not None else logging.INFO
     logger.setLevel(log_level)
     logging.getLogger("prefix_tuning_utils").setLevel(log_level)
     datasets.utils.logging.set_verbosity(log_level)
@@ -79,6 +88,8 @@ def setup_logging(training_args) -> None:
     # input, the one-line error.
     transformers.utils.logging.disable_default_handler()
     transformers.utils.logging.enable_propagation()
+    if training_args is None:
+        return
     logger.warning(
         f"Process rank: {training_args.process_index} of {training_args.world_size}, device: {training_args.device}, "
         f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value}, "
@@ -280,12 +291,43 @@ def write_card_and_publish(trainer, run: Run, parameters: tuple[int, int], eval_
         hub.push_run(run.hub_settings)
 
 
+def push(argv: list[str]) -> str:
+    """`prefix-tuning push [RECIPE] --output_dir DIR [--hub_model_id ID] ...`: publish a finished run, nothing else;
+    returns the commit URL."""
+    return hub.push_run(hub.push_settings(parse_push_args(argv)))
+
+
+# The subcommands, by the first word of the command line: name -> function of the rest, returning what main returns.
+SUBCOMMANDS: dict[str, Callable[[list[str]], object]] = {"push": push}
+# Old spellings of a subcommand as a flag anywhere on the command line (with an optional true/false value).
+DEPRECATED_FLAGS = {"--push_only": "push"}
+_BOOLEAN_WORDS = ("true", "false", "yes", "no", "t", "f", "y", "n", "1", "0")
+
+
+def split_subcommand(argv: list[str]) -> tuple[str | None, list[str], str | None]:
+    """(the subcommand `argv` names, None for a training run; the rest of the command line; the deprecated flag
+    that named it, if one did)."""
+    if argv and argv[0] in SUBCOMMANDS:
+        return argv[0], argv[1:], None
+    for flag, name in DEPRECATED_FLAGS.items():
+        for index, arg in enumerate(argv):
+            if arg == flag or arg.startswith(flag + "="):
+                with_value = arg == flag and index + 1 < len(argv) and argv[index + 1].lower() in _BOOLEAN_WORDS
+                return name, argv[:index] + argv[index + (2 if with_value else 1) :], flag
+    return None, argv, None
+
+
 def main(argv: list[str] | None = None):
-    """Run the command line `argv` (default: sys.argv[1:]); return the trainer (or, for --push_only, the URL)."""
+    """Run the command line `argv` (default: sys.argv[1:]); return the trainer (or what the subcommand returns: for
+    `push`, the commit URL)."""
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     bound_hub_timeouts()  # a silent Hub fails the step instead of hanging the run
-    if hub.is_push_only(argv):  # publish a finished run again, nothing else
-        return hub.push_only(argv)
+    subcommand, argv, deprecated = split_subcommand(argv)
+    if subcommand is not None:
+        setup_logging()
+        if deprecated is not None:
+            logger.warning("%s is deprecated: use `%s %s ...` instead.", deprecated, PROGRAM, subcommand)
+        return SUBCOMMANDS[subcommand](argv)
     run = resolve_and_validate(argv)
     args = run.training_args
     checkpoint = prepare_output_dir(

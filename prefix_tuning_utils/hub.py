@@ -1,4 +1,4 @@
-"""Publishing a run on the Hugging Face Hub: `--push_to_hub`, `--push_only`, and no token in anything written.
+"""Publishing a run on the Hugging Face Hub: `--push_to_hub`, `prefix-tuning push`, and no token in anything written.
 
 transformers' `Trainer` pushes by uploading the whole output folder, `training_args.bin` included: a pickle of
 the `TrainingArguments` that holds `--hub_token` in plain text. So `take_hub_settings` moves the Hub settings out
@@ -7,7 +7,10 @@ pickles the token. After the run is saved locally, `push_run` publishes an allow
 (adapter, tokenizer, results, model card and its plots) in one commit, after checking that none holds the token.
 A Hub error becomes one `PushError` line that says what failed and the command that retries the push alone:
 
-    python run_prefix_tuning.py --push_only --output_dir runs/x --hub_model_id me/x
+    prefix-tuning push --output_dir runs/x --hub_model_id me/x
+
+`prefix-tuning push` (parsed in `arguments.parse_push_args`, run by `cli`) publishes a finished run with `push_run`;
+`push_settings` turns its arguments into the same `HubSettings` a training run's push uses.
 
 `--hub_strategy` is honoured as in transformers: `end` pushes once at the end; `every_save` also pushes the adapter
 at every checkpoint; `checkpoint` also pushes the latest checkpoint's resumable state to `last-checkpoint/`;
@@ -24,24 +27,14 @@ import json
 import logging
 import os
 import shlex
-import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-from transformers import HfArgumentParser, TrainerCallback
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import model_card
-from .arguments import (
-    RECIPE_EXTENSIONS,
-    DataTrainingArguments,
-    ModelArguments,
-    PredictArguments,
-    PrefixArguments,
-    PrefixTrainingArguments,
-    nearest_flag,
-)
+from .arguments import PUSH_PROG, PushArguments
 from .errors import ArgumentError, PushError
 from .network import describe_push_failure
 from .run_files import (
@@ -61,13 +54,11 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "HubSettings",
     "PushError",
-    "PushOnlyArguments",
     "HubCheckpointCallback",
     "files_to_publish",
     "get_callbacks",
-    "is_push_only",
-    "push_only",
     "push_run",
+    "push_settings",
     "retry_command",
     "take_hub_settings",
     "upload",
@@ -81,16 +72,6 @@ RUN_PATTERNS = ADAPTER_FILES + TOKENIZER_FILES + RESULT_FILES + CARD_FILES
 CHECKPOINT_PATTERNS = ADAPTER_FILES + TOKENIZER_FILES  # a checkpoint's adapter, pushed to the repo's root
 # What `resume_from_checkpoint` needs besides the adapter; never training_args.bin (a pickle of the arguments).
 CHECKPOINT_STATE_PATTERNS = CHECKPOINT_STATE_FILES
-SCRIPT = "run_prefix_tuning.py"
-TRAINING_ARGUMENTS = (
-    ModelArguments,
-    DataTrainingArguments,
-    PrefixArguments,
-    PredictArguments,
-    PrefixTrainingArguments,
-)
-TRAINING_NAMES = {f.name for dtype in TRAINING_ARGUMENTS for f in fields(dtype)}
-TRAINING_FLAGS = {f"--{name}" for name in TRAINING_NAMES}
 
 
 @dataclass
@@ -105,31 +86,6 @@ class HubSettings:
     revision: str | None = None
     output_dir: str = "."
     repo_id: str | None = None  # the full `namespace/name`, once the repo exists
-
-
-@dataclass
-class PushOnlyArguments:
-    """`--push_only`: publish a finished run again, without training (for example after a failed push)."""
-
-    push_only: bool = field(
-        default=False,
-        metadata={
-            "help": "Publish the finished run in --output_dir on the Hub and do nothing else: its adapter, tokenizer, "
-            "results and a freshly rendered model card. Use it to retry a push that failed."
-        },
-    )
-    output_dir: str | None = field(default=None, metadata={"help": "The finished run's folder."})
-    hub_model_id: str | None = field(
-        default=None,
-        metadata={"help": "Repo to publish to, `name` or `namespace/name` (default: the name of --output_dir)."},
-    )
-    hub_token: str | None = field(
-        default=None, repr=False, metadata={"help": "Hub token with write access (default: `hf auth login`'s)."}
-    )
-    hub_private_repo: bool | None = field(
-        default=None, metadata={"help": "Create the repo private (ignored when it already exists)."}
-    )
-    hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
 
 
 # ---------------------------------------------------------------------------------------- settings and checks
@@ -175,7 +131,7 @@ def take_hub_settings(training_args, model_args) -> HubSettings:
     if settings.push_to_hub:
         if not training_args.do_train:
             raise ArgumentError(
-                "--push_to_hub publishes the adapter a training run writes: add --do_train (or use --push_only "
+                f"--push_to_hub publishes the adapter a training run writes: add --do_train (or use `{PUSH_PROG}` "
                 "to publish a finished run)."
             )
         settings.model_id = settings.model_id or Path(settings.output_dir).resolve().name
@@ -213,9 +169,7 @@ def _refuse_secrets(paths: list[str], secrets: list[str | None]) -> None:
 
 def retry_command(settings: HubSettings) -> str:
     parts = [
-        "python",
-        SCRIPT,
-        "--push_only",
+        *PUSH_PROG.split(),
         "--output_dir",
         settings.output_dir,
         "--hub_model_id",
@@ -351,51 +305,9 @@ def get_callbacks(settings: HubSettings) -> list[TrainerCallback]:
     return [HubCheckpointCallback(settings)] if settings.push_to_hub and settings.strategy != "end" else []
 
 
-# ------------------------------------------------------------------------------------------------ --push_only
-def is_push_only(argv: list[str]) -> bool:
-    return any(arg == "--push_only" or arg.startswith("--push_only=") for arg in argv)
-
-
-def push_only(argv: list[str]) -> str:
-    """`run_prefix_tuning.py --push_only --output_dir DIR [--hub_model_id ID] ...`: publish, nothing else.
-
-    A recipe given first supplies --output_dir and the hub_* settings; its other keys describe the training and are
-    ignored. Any other flag is an error.
-    """
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-        level=logging.INFO,
-    )
-    parser = HfArgumentParser(PushOnlyArguments, allow_abbrev=False)  # `--hub_model` is not `--hub_model_id`
-    cli = list(argv)
-    if cli and not cli[0].startswith("-") and cli[0].lower().endswith(RECIPE_EXTENSIONS):
-        recipe = yaml.safe_load(Path(cli[0]).read_text(encoding="utf-8")) if os.path.isfile(cli[0]) else None
-        if not isinstance(recipe, dict):
-            raise ArgumentError(f"Recipe {cli[0]} does not exist or is not a mapping of argument names to values.")
-        known = {f.name for f in fields(PushOnlyArguments)}
-        # The training arguments' names (hub_strategy, learning_rate, ...) are ignored here; any other key, such as
-        # a misspelt hub_model_id, is an error, as it is for a training run.
-        unknown = sorted(set(recipe) - known - TRAINING_NAMES)
-        if unknown:
-            raise ArgumentError(
-                f"Recipe {cli[0]} has unknown key(s): {', '.join(unknown)}. See `python {SCRIPT} --help`."
-            )
-        parser.set_defaults(**{key: value for key, value in recipe.items() if key in known})
-        cli = cli[1:]
-    (args, rest) = parser.parse_args_into_dataclasses(args=cli, return_remaining_strings=True)
-    typos = [(arg, nearest_flag(parser, arg)) for arg in rest if arg.startswith("-")]
-    typos = [(arg, close) for arg, close in typos if close and arg.split("=", 1)[0] not in TRAINING_FLAGS]
-    if typos:
-        raise ArgumentError(f"--push_only: unknown flag {typos[0][0].split('=', 1)[0]}; did you mean {typos[0][1]}?")
-    if rest:
-        raise ArgumentError(
-            "--push_only publishes a finished run and takes only --output_dir, --hub_model_id, --hub_token, "
-            f"--hub_private_repo and --hub_revision; got {' '.join(rest)}."
-        )
-    if args.output_dir is None:
-        raise ArgumentError("--push_only needs --output_dir: the folder of the finished run to publish.")
+# ---------------------------------------------------------------------------------------- prefix-tuning push
+def push_settings(args: PushArguments) -> HubSettings:
+    """The Hub settings of `prefix-tuning push` (a finished run published again), checked before anything is sent."""
     settings = HubSettings(
         push_to_hub=True,
         model_id=args.hub_model_id or Path(args.output_dir).resolve().name,
@@ -405,4 +317,4 @@ def push_only(argv: list[str]) -> str:
         output_dir=args.output_dir,
     )
     _check_repo_id(settings.model_id)
-    return push_run(settings)
+    return settings

@@ -1,4 +1,4 @@
-"""Publishing: `--push_to_hub` and `--push_only` against the fake Hub (tests/fake_hub.py), the model card, and no
+"""Publishing: `--push_to_hub`, `prefix-tuning push` and its old spelling `--push_only` against the fake Hub (tests/fake_hub.py), the model card, and no
 token in any byte written, uploaded or logged."""
 
 from __future__ import annotations
@@ -100,11 +100,11 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def retry_argv(error_line: str, token: str | None) -> list[str]:
-    """The retry command printed in the error line, as argv of run_prefix_tuning.main()."""
+    """The retry command printed in the error line (`prefix-tuning push ...`), as argv of run_prefix_tuning.main()."""
     command = error_line.split("retry the push alone with: ", 1)[1]
     argv = shlex.split(command.replace("<your token>", token or ""))
-    assert argv[:3] == ["python", "run_prefix_tuning.py", "--push_only"], argv
-    return argv[2:]
+    assert argv[:2] == ["prefix-tuning", "push"], argv
+    return argv[1:]
 
 
 @pytest.fixture(autouse=True)
@@ -267,7 +267,7 @@ def test_refused_commit_exits_with_one_line_and_push_only_publishes_later(
     (line,) = error_lines(stderr)
     assert code == 1 and "Traceback" not in stderr
     assert f"committing the files to {repo}: HTTP {status}" in line and token not in stderr
-    assert f"retry the push alone with: python run_prefix_tuning.py --push_only --output_dir {out}" in line
+    assert f"retry the push alone with: prefix-tuning push --output_dir {out}" in line
     # Nothing published; everything saved locally, the model card included.
     assert "adapter_model.safetensors" not in fake.files(repo)
     local = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
@@ -303,7 +303,7 @@ def test_push_only_reports_network_down_and_refused_token_in_one_line(fake, publ
     (line,) = error_lines(stderr)
     assert code == 1 and "Traceback" not in stderr
     assert "creating the repo fake-user/x: cannot reach the Hub at http://127.0.0.1:" in line
-    assert line.endswith(f"--push_only --output_dir {published.out} --hub_model_id fake-user/x")
+    assert line.endswith(f"prefix-tuning push --output_dir {published.out} --hub_model_id fake-user/x")
 
     fake.fail_create_repo = 401
     try:
@@ -334,7 +334,7 @@ def test_push_only_to_a_silent_or_failing_hub_is_one_line(fake, published, mode,
     assert code == 1 and "Traceback" not in stderr
     expected = {"hang": "cannot reach the Hub at http://127.0.0.1:", 500: "HTTP 500", 403: "HTTP 403"}[mode]
     assert "creating the repo fake-user/x: " + expected in line, line
-    assert line.endswith(f"--push_only --output_dir {published.out} --hub_model_id fake-user/x")
+    assert line.endswith(f"prefix-tuning push --output_dir {published.out} --hub_model_id fake-user/x")
 
 
 def test_push_only_to_a_branch(fake, published):
@@ -349,6 +349,28 @@ def test_push_only_to_a_branch(fake, published):
     assert 'PeftModel.from_pretrained(model, adapter, revision="dev")' in usage
     with contextlib.redirect_stdout(io.StringIO()):
         exec(compile(usage, "model card: usage", "exec"), {})
+
+
+def test_push_subcommand_publishes_a_finished_run(fake, published, monkeypatch, capsys):
+    """`prefix-tuning push` (also `python run_prefix_tuning.py push`), in-process through cli(): the run's files,
+    byte for byte, and a card rendered for the repo pushed to."""
+    repo = "fake-user/pushed"
+    code, stderr = run_cli(monkeypatch, capsys, ["push", "--output_dir", published.out, "--hub_model_id", repo])
+    assert code == 0 and stderr.count("error:") == 0, stderr
+    files = fake.files(repo)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "all_results.json"):
+        assert files[name] == (published.out / name).read_bytes(), name
+    assert front_matter(files["README.md"].decode())["model-index"][0]["name"] == repo
+    assert not any(name.startswith("checkpoint-") or name.endswith(".bin") for name in files)
+
+
+def test_push_only_is_the_old_spelling_of_push(fake, published, caplog):
+    """`--push_only` anywhere (with or without a value) still publishes, with a warning that names the new command."""
+    repo = "fake-user/old-spelling"
+    with caplog.at_level("WARNING", logger="prefix_tuning_utils.cli"):
+        url = run_prefix_tuning.main(["--output_dir", published.out, "--push_only", "true", "--hub_model_id", repo])
+    assert url.startswith(fake.url) and "adapter_model.safetensors" in fake.files(repo)
+    assert "--push_only is deprecated: use `prefix-tuning push ...` instead." in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -373,15 +395,16 @@ def test_push_to_hub_needs_training(tmp_path):
         run_prefix_tuning.main(argv)
 
 
-def test_push_only_refuses_what_it_cannot_publish(tmp_path):
+@pytest.mark.parametrize("command", ["push", "--push_only"])
+def test_push_only_refuses_what_it_cannot_publish(tmp_path, command):
     with pytest.raises(ArgumentError, match="holds no adapter"):
-        run_prefix_tuning.main(["--push_only", "--output_dir", tmp_path, "--hub_model_id", "me/x"])
+        run_prefix_tuning.main([command, "--output_dir", tmp_path, "--hub_model_id", "me/x"])
     with pytest.raises(ArgumentError, match="takes only --output_dir.*got --learning_rate 0.1"):
-        run_prefix_tuning.main(["--push_only", "--output_dir", tmp_path, "--learning_rate", "0.1"])
+        run_prefix_tuning.main([command, "--output_dir", tmp_path, "--learning_rate", "0.1"])
     # A misspelt or shortened hub flag is named with the one meant (no abbreviations: `--hub_model` is refused).
     for typo in ("--hub_modle_id", "--hub_model"):
         with pytest.raises(ArgumentError, match=f"unknown flag {typo}; did you mean --hub_model_id"):
-            run_prefix_tuning.main(["--push_only", "--output_dir", tmp_path, typo, "me/x"])
+            run_prefix_tuning.main([command, "--output_dir", tmp_path, typo, "me/x"])
 
 
 def test_local_run_writes_the_card_without_pushing(tmp_path, tiny_t5_dir):
@@ -413,7 +436,9 @@ def test_help_documents_push_only(capsys):
     with pytest.raises(SystemExit) as exit:
         parse_args(["--help"])
     assert exit.value.code == 0
-    assert "--push_only --output_dir DIR" in " ".join(capsys.readouterr().out.split())
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--push_only --output_dir DIR" in text
+    assert "prefix-tuning push --output_dir DIR [--hub_model_id ID] [--hub_token TOKEN]" in text
 
 
 def test_package_never_unpickles():
@@ -436,19 +461,20 @@ def test_package_never_unpickles():
     assert offences == []
 
 
-@pytest.mark.parametrize("push_only", [False, True], ids=["training", "push_only"])
-def test_misspelt_hub_key_in_a_recipe_is_refused(tmp_path, push_only):
+@pytest.mark.parametrize("command", ["training", "push", "push_only"])
+def test_misspelt_hub_key_in_a_recipe_is_refused(tmp_path, command):
     recipe = tmp_path / "recipe.yaml"
     settings = {"output_dir": str(tmp_path / "run"), "hub_model_idd": "me/x", "hub_strategy": "end"}
-    recipe.write_text(yaml.safe_dump(settings | ({} if push_only else {"do_train": True})))
-    argv = [str(recipe), "--push_only"] if push_only else [str(recipe)]
-    with pytest.raises(ArgumentError, match=re.escape(f"Recipe {recipe} has unknown key(s): hub_model_idd.")):
-        run_prefix_tuning.main(argv)
-    # Spelt right, the hub keys of a training recipe (even those --push_only does not use) are accepted.
+    recipe.write_text(yaml.safe_dump(settings | ({"do_train": True} if command == "training" else {})))
+    argv = {"training": [str(recipe)], "push": ["push", str(recipe)], "push_only": [str(recipe), "--push_only"]}
+    message = f"Recipe {recipe} has unknown key(s): hub_model_idd. Did you mean hub_model_id?"
+    with pytest.raises(ArgumentError, match=re.escape(message)):
+        run_prefix_tuning.main(argv[command])
+    # Spelt right, the hub keys of a training recipe (even those `push` does not use) are accepted.
     settings["hub_model_id"] = settings.pop("hub_model_idd")
     recipe.write_text(yaml.safe_dump(settings))
     with pytest.raises(ArgumentError, match="holds no adapter"):
-        run_prefix_tuning.main([str(recipe), "--push_only"])
+        run_prefix_tuning.main(["push", str(recipe)] if command == "push" else [str(recipe), "--push_only"])
 
 
 def test_no_file_holding_the_token_is_uploaded_final_or_checkpoint(fake, published, tmp_path, caplog):
