@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny T5 models built from a config (no downloads), the shipped example data."""
+"""Shared fixtures: tiny T5 models built from a config (no downloads), the shipped example data. Shared functions
+(running the command line, reference generation) are in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -73,6 +74,16 @@ def phrasebank_dir() -> Path:
         if os.environ.get(REQUIRE_DATA_ENV) == "1":
             pytest.fail(message + f" ({REQUIRE_DATA_ENV}=1 turns this skip into a failure.)")
         pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_t5_dir) -> Path:
+    """The tiny T5 without dropout, so that runs with different batch splits can agree to float precision."""
+    path = tmp_path_factory.mktemp("tiny-t5-no-dropout")
+    T5ForConditionalGeneration.from_pretrained(tiny_t5_dir, dropout_rate=0.0).save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (path / name).write_bytes((tiny_t5_dir / name).read_bytes())
     return path
 
 

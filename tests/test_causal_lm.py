@@ -9,8 +9,8 @@ import torch
 from peft import PrefixTuningConfig, TaskType, get_peft_model
 from transformers import LlamaForCausalLM
 
-from prefix_tuning_utils import cli as run_prefix_tuning
 from tests.conftest import REPO, assert_trained_and_evaluated, tiny_llama_config
+from tests.helpers import run_main
 
 
 VOCAB = 48
@@ -73,7 +73,7 @@ def test_causal_generate_equals_manual_loop_with_left_padding(prefix_llama, use_
 @pytest.mark.parametrize("method", ["prefix", "prompt", "lora", "full"])
 def test_every_tuning_method_trains_and_evaluates_a_decoder_only_model(tmp_path, tiny_llama_dir, method):
     out = tmp_path / method
-    trainer = run_prefix_tuning.main(
+    trainer = run_main(
         [
             "--model_name_or_path", str(tiny_llama_dir),
             "--train_file", str(REPO / "examples" / "quickstart.txt"),
@@ -104,7 +104,7 @@ def test_every_tuning_method_trains_and_evaluates_a_decoder_only_model(tmp_path,
 @pytest.mark.parametrize("method", ["prompt", "lora", "full"])
 def test_baseline_methods_on_seq2seq(tmp_path, tiny_t5_dir, method):
     out = tmp_path / method
-    trainer = run_prefix_tuning.main(
+    trainer = run_main(
         [
             "--model_name_or_path", str(tiny_t5_dir),
             "--train_file", str(REPO / "examples" / "quickstart.txt"),
@@ -122,7 +122,7 @@ def test_baseline_methods_on_seq2seq(tmp_path, tiny_t5_dir, method):
 
 def test_score_mode_evaluation_on_seq2seq(tmp_path, tiny_t5_dir):
     out = tmp_path / "score"
-    run_prefix_tuning.main(
+    run_main(
         [
             "--model_name_or_path", str(tiny_t5_dir),
             "--train_file", str(REPO / "examples" / "quickstart.txt"),
@@ -175,7 +175,7 @@ def test_prefix_init_text_that_is_too_short_is_refused(tokenizer):
 
 def test_prefix_init_text_on_t5_runs_end_to_end(tmp_path, tiny_t5_dir):
     out = tmp_path / "t5-init"
-    trainer = run_prefix_tuning.main(
+    trainer = run_main(
         [
             "--model_name_or_path", str(tiny_t5_dir), "--train_file", str(REPO / "examples" / "quickstart.txt"),
             "--num_virtual_tokens", "4", "--prefix_init_text", "acme corp said its net sales rose",

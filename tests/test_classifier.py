@@ -16,12 +16,12 @@ import pytest
 import torch
 from transformers import T5ForConditionalGeneration
 
-from prefix_tuning_utils import cli
 from prefix_tuning_utils.arguments import ArgumentError
 from prefix_tuning_utils.classifier import InputFormat, PrefixClassifier
 from prefix_tuning_utils.run_files import TASK_SETTINGS_FILE
 from prefix_tuning_utils.scoring import LabelScorer
 from tests.conftest import REPO
+from tests.helpers import run_main
 
 
 LABELS = ["negative", "neutral", "positive"]
@@ -44,10 +44,6 @@ CASES = {
         ["--tuning_method", "full", "--learning_rate", "1e-2", "--num_train_epochs", "3"],
     ),
 }
-
-
-def run_main(argv):
-    return cli.main([str(a) for a in argv])
 
 
 def predict_argv(model, output_dir, mode):

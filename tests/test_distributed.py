@@ -7,14 +7,10 @@ the guards on one process.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,47 +18,27 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import Seq2SeqTrainer, T5ForConditionalGeneration
+from transformers import Seq2SeqTrainer
 
-from prefix_tuning_utils import cli as run_prefix_tuning
+from prefix_tuning_utils import cli
 from prefix_tuning_utils.accelerate_config import find_placeholders, load_accelerate_config
 from prefix_tuning_utils.arguments import ArgumentError, DataTrainingArguments
 from prefix_tuning_utils.data import get_datasets
 from prefix_tuning_utils.setup_checks import check_distributed_setup
 from prefix_tuning_utils.trainer import PrefixTuningTrainer, set_sample_count
 from tests.conftest import REPO
+from tests.helpers import (
+    QUICKSTART,
+    TRAIN_ARGS,
+    accelerate_launch,
+    results,
+    run_launch,
+    run_main,
+    started,
+)
 
 
 CONFIGS = sorted((REPO / "accelerate_configs").glob("*.yaml"))
-QUICKSTART = REPO / "examples" / "quickstart.txt"
-LAUNCH_TIMEOUT = 300  # seconds for one `accelerate launch` on 2 shared cores (about 30-60 s normally)
-
-# 144 of the quickstart's 145 training sentences (a multiple of 8: no short last batch), 17 held out, evaluated in
-# batches of 5 per process: with 2 processes the last global batch is padded with 3 duplicates.
-TRAIN_ARGS = [
-    "--train_file", QUICKSTART,
-    "--label_words", "negative,neutral,positive",
-    "--do_train", "--do_eval", "--predict_with_generate",
-    "--max_train_samples", "144",
-    "--num_train_epochs", "5",
-    "--learning_rate", "0.05",
-    "--per_device_eval_batch_size", "5",
-    "--logging_steps", "7",  # does not divide the 90 steps: the last steps are logged by LogLastStepCallback
-    "--save_strategy", "no",
-    "--seed", "42",
-    "--report_to", "none",
-    "--disable_tqdm", "true",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_t5_dir) -> Path:
-    """The tiny T5 without dropout, so that runs with different batch splits can agree to float precision."""
-    path = tmp_path_factory.mktemp("tiny-t5-no-dropout")
-    T5ForConditionalGeneration.from_pretrained(tiny_t5_dir, dropout_rate=0.0).save_pretrained(path)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (path / name).write_bytes((tiny_t5_dir / name).read_bytes())
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -76,71 +52,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    return env
-
-
-@contextlib.contextmanager
-def started(*commands: list, timeout: float = LAUNCH_TIMEOUT):
-    """Start commands side by side (each in its own process group); yield a function that waits for them all.
-
-    Whatever happens, no process is left behind: on a timeout or an error every group still running is killed.
-    """
-    procs = [
-        subprocess.Popen(
-            [str(part) for part in command],
-            cwd=REPO,
-            env=subprocess_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        for command in commands
-    ]
-
-    def wait() -> list[tuple[int, str]]:
-        results = []
-        for proc in procs:
-            try:
-                output, _ = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"{proc.args} ran longer than {timeout} s")
-            results.append((proc.returncode, output))
-        return results
-
-    try:
-        yield wait
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-
-
-def accelerate_launch(*args) -> list:
-    return [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", *args]
-
-
-def run_launch(*args) -> str:
-    with started(accelerate_launch(*args)) as wait:
-        [(code, output)] = wait()
-    assert code == 0, output[-6000:]
-    return output
-
-
-def run_main(argv):
-    return run_prefix_tuning.main([str(a) for a in argv])
-
-
-def results(output_dir: Path) -> tuple[dict, dict]:
-    state = json.loads((output_dir / "trainer_state.json").read_text())
-    return json.loads((output_dir / "all_results.json").read_text()), state
 
 
 def prefix(output_dir: Path) -> torch.Tensor:
@@ -344,8 +255,8 @@ def test_upstream_trainer_still_scales_t5_loss(tmp_path, model_dir, monkeypatch)
             super().__init__(*args, **kwargs)
             self.last_eval_answers = None
 
-    monkeypatch.setattr(run_prefix_tuning, "PrefixTuningTrainer", PlainTrainer)
-    monkeypatch.setattr(run_prefix_tuning, "set_sample_count", lambda metrics, prefix, count: None)
+    monkeypatch.setattr(cli, "PrefixTuningTrainer", PlainTrainer)
+    monkeypatch.setattr(cli, "set_sample_count", lambda metrics, prefix, count: None)
     common = [*TRAIN_ARGS, "--model_name_or_path", model_dir, "--max_train_samples", "32", "--num_train_epochs", "1"]
     common += ["--max_steps", "1", "--do_eval", "false"]
     whole = run_main([*common, "--per_device_train_batch_size", "8", "--output_dir", tmp_path / "whole"])

@@ -15,7 +15,7 @@ from prefix_tuning_utils.arguments import ArgumentError, parse_args
 from prefix_tuning_utils.encoder_cache import EncoderOutputCache, encoder_dropout_off
 from prefix_tuning_utils.trainer import PrefixTuningTrainer
 from tests.conftest import REPO
-from tests.test_distributed import TRAIN_ARGS, model_dir, results, run_launch  # noqa: F401 - model_dir: a fixture
+from tests.helpers import TRAIN_ARGS, results, run_launch
 
 
 # The quickstart (tiny T5 with dropout 0.1, length-grouped batches of 8) on 48 sentences, 3 epochs of 6 steps.
@@ -127,7 +127,7 @@ def test_decoder_only_model_is_refused_in_one_line_exit_2(tmp_path, tiny_llama_d
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_with_the_cache_match_one_without(tmp_path, model_dir):  # noqa: F811
+def test_two_cpu_processes_with_the_cache_match_one_without(tmp_path, model_dir):
     """multi_cpu.yaml: 2 processes x batch 4, cached, give the uncached 1 process x batch 8 run (no dropout)."""
     common = [*TRAIN_ARGS, "--model_name_or_path", model_dir, "--do_eval", "false", "--eval_strategy", "no"]
     one = tmp_path / "one"

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from prefix_tuning_utils import cli as run_prefix_tuning
 from tests.conftest import REPO
+from tests.helpers import run_main
 
 
 @contextlib.contextmanager
@@ -32,7 +32,7 @@ def loss_pass_forced(trainer):
 @pytest.mark.parametrize(("model", "method"), [("t5", "prefix"), ("llama", "prefix"), ("llama", "lora")])
 def test_eval_loss_from_the_label_scores_equals_the_loss_pass(tmp_path, tiny_t5_dir, tiny_llama_dir, model, method):
     out = tmp_path / "run"
-    trainer = run_prefix_tuning.main(
+    trainer = run_main(
         [
             "--model_name_or_path", str(tiny_t5_dir if model == "t5" else tiny_llama_dir),
             "--train_file", str(REPO / "examples" / "quickstart.txt"),
@@ -66,7 +66,7 @@ def test_eval_loss_from_the_label_scores_equals_the_loss_pass(tmp_path, tiny_t5_
 def test_the_loss_pass_runs_where_the_scores_cannot_give_the_loss(tmp_path, tiny_t5_dir):
     """A label word cut by --max_target_length is trained on fewer tokens than it is scored on."""
     out = tmp_path / "run"
-    trainer = run_prefix_tuning.main(
+    trainer = run_main(
         [
             "--model_name_or_path", str(tiny_t5_dir), "--train_file", str(REPO / "examples" / "quickstart.txt"),
             "--label_words", "negative,neutral,positive", "--eval_mode", "score", "--max_target_length", "1",

@@ -9,69 +9,24 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import PeftConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
+from peft import PeftConfig, PeftModel
 from transformers import (
     AutoTokenizer,
     DataCollatorForSeq2Seq,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
-    T5ForConditionalGeneration,
 )
 
 from prefix_tuning_utils import compat, patching
-from tests.conftest import REPO, tiny_t5_config
-
-
-VOCAB = 48
-STEPS = 5
-
-
-def make_models(prefix_projection: bool = False, **config_overrides):
-    torch.manual_seed(0)
-    base = T5ForConditionalGeneration(tiny_t5_config(VOCAB, **config_overrides)).eval()
-    config = PrefixTuningConfig(
-        task_type=TaskType.SEQ_2_SEQ_LM,
-        num_virtual_tokens=6,
-        prefix_projection=prefix_projection,
-        encoder_hidden_size=base.config.d_model,
-        token_dim=base.config.num_heads * base.config.d_kv,
-        num_attention_heads=base.config.num_heads,
-        num_layers=base.config.num_decoder_layers,
-    )
-    model = get_peft_model(base, config).eval()
-    with torch.no_grad():
-        # T5's default init makes a tiny random model answer the pad token whatever the input; larger
-        # embeddings give varied answers, so that a dropped prefix cannot go unnoticed.
-        for name, param in base.named_parameters():
-            if "shared" in name or "lm_head" in name:
-                param.normal_(0.0, 1.0)
-        for param in model.prompt_encoder.parameters():
-            param.normal_(0.0, 2.0)
-    return base, model
-
-
-def padded_batch():
-    input_ids = torch.tensor([[5, 6, 7, 8, 9, 1], [10, 11, 12, 1, 0, 0], [13, 14, 1, 0, 0, 0]])
-    return input_ids, (input_ids != 0).long()
-
-
-def manual_greedy(model, input_ids, attention_mask, steps=STEPS, return_logits=False):
-    """Greedy decoding by full forward passes (no cache): the reference for every generation path."""
-    decoder = torch.zeros(input_ids.shape[0], 1, dtype=torch.long)
-    step_logits = []
-    with torch.no_grad():
-        for _ in range(steps):
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder).logits
-            step_logits.append(logits[:, -1])
-            decoder = torch.cat([decoder, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return (decoder, step_logits) if return_logits else decoder
-
-
-def generate(model, input_ids, attention_mask, **kwargs):
-    with torch.no_grad():
-        return model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=STEPS, min_new_tokens=STEPS, **kwargs
-        )
+from tests.conftest import REPO
+from tests.helpers import (
+    STEPS,
+    generate,
+    make_models,
+    manual_greedy,
+    padded_batch,
+    sequence_log_probs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,17 +57,6 @@ def test_generate_with_projection_and_uneven_head_width(prefix_projection):
     _, model = make_models(prefix_projection=prefix_projection, d_model=40, d_kv=8, num_heads=3)
     input_ids, attention_mask = padded_batch()
     assert torch.equal(generate(model, input_ids, attention_mask), manual_greedy(model, input_ids, attention_mask))
-
-
-def sequence_log_probs(model, input_ids, attention_mask, sequences, pad_id=0, eos_id=1):
-    """Sum of log-probabilities of each generated sequence, recomputed by one full forward pass."""
-    decoder_in, targets = sequences[:, :-1], sequences[:, 1:]
-    with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_in).logits
-    log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    # Positions after the first end-of-sequence token are padding.
-    finished = torch.cumsum((targets == eos_id).long(), dim=1) - (targets == eos_id).long()
-    return (log_probs * (finished == 0)).sum(dim=1)
 
 
 @pytest.mark.parametrize("use_cache", [True, False])

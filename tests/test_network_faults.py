@@ -18,6 +18,7 @@ from prefix_tuning_utils.network import describe_hub_failure
 from tests.conftest import REPO
 from tests.fake_hub import FakeHub, patch_hf_endpoint
 from tests.faulty_hub import faulty_hub
+from tests.helpers import run_cli
 
 
 MODES = ["refuse", pytest.param("hang", marks=pytest.mark.slow), 500, 401, 403, 404]  # a hang costs seconds
@@ -48,13 +49,6 @@ def quick_retries(monkeypatch, tmp_path):
     monkeypatch.setattr(network, "READ_TIMEOUT", 0.5)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))  # nothing cached
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-
-
-def run_cli(argv, capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        cli.cli([str(arg) for arg in argv])
-    return exit_info.value.code, capsys.readouterr().err
 
 
 def assert_one_line(err: str, step: str, mode, code: int) -> str:

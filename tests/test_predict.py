@@ -22,22 +22,19 @@ import torch
 from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 from transformers import AutoTokenizer, T5ForConditionalGeneration
 
-from prefix_tuning_utils import cli as run_prefix_tuning
+from prefix_tuning_utils import cli
 from prefix_tuning_utils.arguments import ArgumentError, DataTrainingArguments
 from prefix_tuning_utils.metrics import classification_metrics, confusion_metrics
 from prefix_tuning_utils.readers import InputReader
 from prefix_tuning_utils.run_files import TASK_SETTINGS_FILE
 from prefix_tuning_utils.scoring import LabelScorer
 from tests.conftest import REPO, tiny_t5_config
+from tests.helpers import run_main
 
 
 LABELS = ["negative", "neutral", "positive"]
 QUICKSTART = REPO / "examples" / "quickstart.txt"
 COMPANIES = ["Delta Freight", "Borealis Bank", "Acme Corp", "Fjord Telecom"]
-
-
-def run_main(argv):
-    return run_prefix_tuning.main([str(a) for a in argv])
 
 
 def train_quickstart(output_dir, *extra):
@@ -348,7 +345,7 @@ def test_encodings_utf8_and_iso_8859_1_with_no_flag_and_neither_exits_2(
     cp1252.write_bytes("Profit rose .\nThe “new” plant opens .\n".encode("cp1252"))
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        run_prefix_tuning.cli([str(a) for a in predict_argv(full_model_dir, cp1252, tmp_path / "neither")])
+        cli.cli([str(a) for a in predict_argv(full_model_dir, cp1252, tmp_path / "neither")])
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {cp1252} is neither UTF-8 (line 2: byte 0x93")

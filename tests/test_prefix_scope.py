@@ -34,16 +34,17 @@ from transformers import (
 from transformers.models.t5 import modeling_t5
 
 from prefix_tuning_utils import all_layer_prefix, patching
-from prefix_tuning_utils import cli as run_prefix_tuning
 from prefix_tuning_utils.all_layer_prefix import WEIGHTS_NAME, attach, get_all_layer_prefix
 from prefix_tuning_utils.arguments import ArgumentError, PrefixArguments
 from tests.conftest import REPO
-from tests.test_generation_uses_prefix import (
+from tests.helpers import (
     STEPS,
     generate,
     make_models,
     manual_greedy,
     padded_batch,
+    plain_usage_snippet,
+    run_main,
     sequence_log_probs,
 )
 
@@ -381,7 +382,7 @@ def test_trainer_trains_saves_checkpoints_and_resumes(tmp_path):
 def test_run_script_with_prefix_scope_all(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     out = tmp_path / "quickstart-all"
-    trainer = run_prefix_tuning.main(
+    trainer = run_main(
         ["recipes/quickstart.yaml", "--output_dir", str(out), "--prefix_scope", "all", "--max_steps", "4",
          "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no"]
     )  # fmt: skip
@@ -392,7 +393,6 @@ def test_run_script_with_prefix_scope_all(tmp_path, monkeypatch):
     assert "eval_accuracy" in results
 
     # The README's usage snippet (prefix_tuning_utils is imported by this test session) restores everything.
-    from tests.test_run import plain_usage_snippet
 
     sentences = ["Acme Corp said its net sales rose 12 percent from a year earlier .", "Fjord Telecom has 3 offices ."]
     tokenizer = AutoTokenizer.from_pretrained(out)

@@ -7,12 +7,9 @@ import ast
 import contextlib
 import io
 import json
-import os
 import re
 import secrets
 import shlex
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -22,12 +19,12 @@ from huggingface_hub import HfApi
 from peft import PeftConfig, PeftModel
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from prefix_tuning_utils import cli as run_prefix_tuning
 from prefix_tuning_utils import hub as hub_module
 from prefix_tuning_utils.arguments import ArgumentError, parse_args
 from tests.conftest import REPO
 from tests.fake_hub import FakeHub, patch_hf_endpoint
 from tests.faulty_hub import faulty_hub
+from tests.helpers import run_cli, run_main, run_script
 
 
 BASE_REPO = "fake-user/tiny-t5"
@@ -83,24 +80,12 @@ def local_predictions(base_dir, adapter_dir, sentences=SENTENCES):
     return generate(model, AutoTokenizer.from_pretrained(adapter_dir), sentences)
 
 
-def run_cli(monkeypatch, capsys, argv) -> tuple[int, str]:
-    """`python run_prefix_tuning.py ARGV` in-process: (exit code, stderr)."""
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", ["run_prefix_tuning.py", *map(str, argv)])
-    code = 0
-    try:
-        run_prefix_tuning.cli()
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err
-
-
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 def retry_argv(error_line: str, token: str | None) -> list[str]:
-    """The retry command printed in the error line (`prefix-tuning push ...`), as argv of run_prefix_tuning.main()."""
+    """The retry command printed in the error line (`prefix-tuning push ...`), as argv of run_main()."""
     command = error_line.split("retry the push alone with: ", 1)[1]
     argv = shlex.split(command.replace("<your token>", token or ""))
     assert argv[:2] == ["prefix-tuning", "push"], argv
@@ -140,13 +125,7 @@ def published(fake, tmp_path_factory):
     argv = training_argv(out, ADAPTER_REPO, "--hub_token", hub_token, f"--token={model_token}")
     argv += ["--eval_strategy", "steps", "--eval_steps", "3", "--save_strategy", "steps", "--save_steps", "3"]
     argv += ["--hub_strategy", "checkpoint"]
-    proc = subprocess.run(
-        [sys.executable, "run_prefix_tuning.py", *argv],
-        cwd=REPO,
-        capture_output=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
-    )
+    proc = run_script(*argv, offline=False)  # the fake Hub serves the base model
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return SimpleNamespace(out=out, proc=proc, hub_token=hub_token, model_token=model_token, tmp=tmp)
 
@@ -261,7 +240,7 @@ def test_refused_commit_exits_with_one_line_and_push_only_publishes_later(
     out = tmp_path / "run"
     fake.fail_commit = status
     try:
-        code, stderr = run_cli(monkeypatch, capsys, training_argv(out, repo, "--hub_token", token))
+        code, stderr = run_cli(training_argv(out, repo, "--hub_token", token), capsys)
     finally:
         fake.fail_commit = None
     (line,) = error_lines(stderr)
@@ -282,7 +261,7 @@ def test_refused_commit_exits_with_one_line_and_push_only_publishes_later(
     assert "eval_accuracy" in json.loads(local["all_results.json"])
 
     # The printed command publishes the run as it is.
-    assert run_prefix_tuning.main(retry_argv(line, token)).startswith(fake.url)
+    assert run_main(retry_argv(line, token)).startswith(fake.url)
     files = fake.files(repo)
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "eval_results.json"):
         assert files[name] == local[name], name
@@ -297,9 +276,7 @@ def test_refused_commit_exits_with_one_line_and_push_only_publishes_later(
 def test_push_only_reports_network_down_and_refused_token_in_one_line(fake, published, monkeypatch, capsys):
     with FakeHub() as down:
         down.stop()  # the endpoint now points at a closed port
-        code, stderr = run_cli(
-            monkeypatch, capsys, ["--push_only", "--output_dir", published.out, "--hub_model_id", "fake-user/x"]
-        )
+        code, stderr = run_cli(["--push_only", "--output_dir", published.out, "--hub_model_id", "fake-user/x"], capsys)
     (line,) = error_lines(stderr)
     assert code == 1 and "Traceback" not in stderr
     assert "creating the repo fake-user/x: cannot reach the Hub at http://127.0.0.1:" in line
@@ -308,9 +285,7 @@ def test_push_only_reports_network_down_and_refused_token_in_one_line(fake, publ
     fake.fail_create_repo = 401
     try:
         code, stderr = run_cli(
-            monkeypatch,
-            capsys,
-            ["--push_only", "--output_dir", published.out, "--hub_model_id", "y", "--hub_token", "hf_test_bad"],
+            ["--push_only", "--output_dir", published.out, "--hub_model_id", "y", "--hub_token", "hf_test_bad"], capsys
         )
     finally:
         fake.fail_create_repo = None
@@ -327,9 +302,7 @@ def test_push_only_to_a_silent_or_failing_hub_is_one_line(fake, published, mode,
     monkeypatch.setattr(network, "CONNECT_TIMEOUT", 0.5)
     monkeypatch.setattr(network, "READ_TIMEOUT", 0.5)
     with faulty_hub(mode) as url, patch_hf_endpoint(url):
-        code, stderr = run_cli(
-            monkeypatch, capsys, ["--push_only", "--output_dir", published.out, "--hub_model_id", "fake-user/x"]
-        )
+        code, stderr = run_cli(["--push_only", "--output_dir", published.out, "--hub_model_id", "fake-user/x"], capsys)
     (line,) = error_lines(stderr)
     assert code == 1 and "Traceback" not in stderr
     expected = {"hang": "cannot reach the Hub at http://127.0.0.1:", 500: "HTTP 500", 403: "HTTP 403"}[mode]
@@ -339,9 +312,7 @@ def test_push_only_to_a_silent_or_failing_hub_is_one_line(fake, published, mode,
 
 def test_push_only_to_a_branch(fake, published):
     repo = "fake-user/branched"
-    run_prefix_tuning.main(
-        ["--push_only", "--output_dir", published.out, "--hub_model_id", repo, "--hub_revision", "dev"]
-    )
+    run_main(["--push_only", "--output_dir", published.out, "--hub_model_id", repo, "--hub_revision", "dev"])
     assert "adapter_model.safetensors" in fake.files(repo, revision="dev")
     assert "adapter_model.safetensors" not in fake.files(repo)
     card = fake.files(repo, revision="dev")["README.md"].decode()
@@ -351,11 +322,11 @@ def test_push_only_to_a_branch(fake, published):
         exec(compile(usage, "model card: usage", "exec"), {})
 
 
-def test_push_subcommand_publishes_a_finished_run(fake, published, monkeypatch, capsys):
+def test_push_subcommand_publishes_a_finished_run(fake, published, capsys):
     """`prefix-tuning push` (also `python run_prefix_tuning.py push`), in-process through cli(): the run's files,
     byte for byte, and a card rendered for the repo pushed to."""
     repo = "fake-user/pushed"
-    code, stderr = run_cli(monkeypatch, capsys, ["push", "--output_dir", published.out, "--hub_model_id", repo])
+    code, stderr = run_cli(["push", "--output_dir", published.out, "--hub_model_id", repo], capsys)
     assert code == 0 and stderr.count("error:") == 0, stderr
     files = fake.files(repo)
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "all_results.json"):
@@ -368,7 +339,7 @@ def test_push_only_is_the_old_spelling_of_push(fake, published, caplog):
     """`--push_only` anywhere (with or without a value) still publishes, with a warning that names the new command."""
     repo = "fake-user/old-spelling"
     with caplog.at_level("WARNING", logger="prefix_tuning_utils.cli"):
-        url = run_prefix_tuning.main(["--output_dir", published.out, "--push_only", "true", "--hub_model_id", repo])
+        url = run_main(["--output_dir", published.out, "--push_only", "true", "--hub_model_id", repo])
     assert url.startswith(fake.url) and "adapter_model.safetensors" in fake.files(repo)
     assert "--push_only is deprecated: use `prefix-tuning push ...` instead." in caplog.text
 
@@ -385,33 +356,33 @@ def test_push_to_hub_is_checked_before_any_work(tmp_path, tiny_t5_dir, extra, me
     out = tmp_path / "run"
     argv = training_argv(out) + [str(tiny_t5_dir) if a == "LOCAL" else a for a in extra]
     with pytest.raises(ArgumentError, match=re.escape(message)):
-        run_prefix_tuning.main(argv)
+        run_main(argv)
     assert not out.exists()
 
 
 def test_push_to_hub_needs_training(tmp_path):
     argv = [a for a in training_argv(tmp_path / "run", "me/x") if a != "--do_train"]
     with pytest.raises(ArgumentError, match="--push_to_hub publishes the adapter a training run writes"):
-        run_prefix_tuning.main(argv)
+        run_main(argv)
 
 
 @pytest.mark.parametrize("command", ["push", "--push_only"])
 def test_push_only_refuses_what_it_cannot_publish(tmp_path, command):
     with pytest.raises(ArgumentError, match="holds no adapter"):
-        run_prefix_tuning.main([command, "--output_dir", tmp_path, "--hub_model_id", "me/x"])
+        run_main([command, "--output_dir", tmp_path, "--hub_model_id", "me/x"])
     with pytest.raises(ArgumentError, match="takes only --output_dir.*got --learning_rate 0.1"):
-        run_prefix_tuning.main([command, "--output_dir", tmp_path, "--learning_rate", "0.1"])
+        run_main([command, "--output_dir", tmp_path, "--learning_rate", "0.1"])
     # A misspelt or shortened hub flag is named with the one meant (no abbreviations: `--hub_model` is refused).
     for typo in ("--hub_modle_id", "--hub_model"):
         with pytest.raises(ArgumentError, match=f"unknown flag {typo}; did you mean --hub_model_id"):
-            run_prefix_tuning.main([command, "--output_dir", tmp_path, typo, "me/x"])
+            run_main([command, "--output_dir", tmp_path, typo, "me/x"])
 
 
 def test_local_run_writes_the_card_without_pushing(tmp_path, tiny_t5_dir):
     """No Hub at all: the card, its plot and the run record are written next to the adapter (no eval here)."""
     out = tmp_path / "run"
     argv = training_argv(out) + ["--model_name_or_path", tiny_t5_dir, "--max_steps", "2"]
-    run_prefix_tuning.main([a for a in argv if a not in ("--do_eval", "--predict_with_generate")])
+    run_main([a for a in argv if a not in ("--do_eval", "--predict_with_generate")])
     card = (out / "README.md").read_text()
     meta = front_matter(card)
     assert meta["library_name"] == "peft" and "base_model" not in meta and "model-index" not in meta
@@ -469,12 +440,12 @@ def test_misspelt_hub_key_in_a_recipe_is_refused(tmp_path, command):
     argv = {"training": [str(recipe)], "push": ["push", str(recipe)], "push_only": [str(recipe), "--push_only"]}
     message = f"Recipe {recipe} has unknown key(s): hub_model_idd. Did you mean hub_model_id?"
     with pytest.raises(ArgumentError, match=re.escape(message)):
-        run_prefix_tuning.main(argv[command])
+        run_main(argv[command])
     # Spelt right, the hub keys of a training recipe (even those `push` does not use) are accepted.
     settings["hub_model_id"] = settings.pop("hub_model_idd")
     recipe.write_text(yaml.safe_dump(settings))
     with pytest.raises(ArgumentError, match="holds no adapter"):
-        run_prefix_tuning.main(["push", str(recipe)] if command == "push" else [str(recipe), "--push_only"])
+        run_main(["push", str(recipe)] if command == "push" else [str(recipe), "--push_only"])
 
 
 def test_no_file_holding_the_token_is_uploaded_final_or_checkpoint(fake, published, tmp_path, caplog):

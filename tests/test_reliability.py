@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefix_tuning_utils import cli as run_prefix_tuning
+from prefix_tuning_utils import cli
 from tests.conftest import REPO
+from tests.helpers import run_main
 
 
 GOOD_TXT = "".join(
@@ -96,7 +97,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, tiny_t5_dir,
     argv = ["--model_name_or_path", tiny_t5_dir, *good_args, "--output_dir", out, "--do_train", "--report_to", "none"]
     argv += overrides  # later flags win
     with pytest.raises(SystemExit) as exit_info:
-        run_prefix_tuning.cli([str(a) for a in argv])
+        cli.cli([str(a) for a in argv])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
@@ -110,7 +111,7 @@ def test_debug_flag_shows_the_traceback(tmp_path, tiny_t5_dir):
 
     argv = ["--model_name_or_path", str(tiny_t5_dir), "--train_file", str(tmp_path / "nope.txt")]
     with pytest.raises(ArgumentError):
-        run_prefix_tuning.cli([*argv, "--output_dir", str(tmp_path / "o"), "--do_train", "--debug"])
+        cli.cli([*argv, "--output_dir", str(tmp_path / "o"), "--do_train", "--debug"])
 
 
 @pytest.mark.slow
@@ -129,14 +130,14 @@ def test_finished_run_is_not_overwritten_unless_asked(tmp_path, tiny_t5_dir, cap
     out = tmp_path / "run"
     argv = ["--model_name_or_path", str(tiny_t5_dir), "--train_file", str(REPO / "examples" / "quickstart.txt"),
             "--output_dir", str(out), "--do_train", "--max_steps", "2", "--report_to", "none"]  # fmt: skip
-    run_prefix_tuning.main(argv)
+    run_main(argv)
     (out / "my_notes.txt").write_text("mine")
     adapter = (out / "adapter_model.safetensors").read_bytes()
     with pytest.raises(SystemExit) as exit_info:
-        run_prefix_tuning.cli(argv)
+        cli.cli(argv)
     assert exit_info.value.code == 2 and "--overwrite_output_dir" in capsys.readouterr().err
     assert (out / "adapter_model.safetensors").read_bytes() == adapter
-    run_prefix_tuning.main([*argv, "--overwrite_output_dir", "--learning_rate", "0.5"])
+    run_main([*argv, "--overwrite_output_dir", "--learning_rate", "0.5"])
     assert (out / "adapter_model.safetensors").read_bytes() != adapter
     assert (out / "my_notes.txt").read_text() == "mine"  # files we did not write are never deleted
 
@@ -151,7 +152,7 @@ def test_divergence_guard_stops_and_keeps_last_good_checkpoint(tmp_path, capsys)
     os.chdir(REPO)
     try:
         with pytest.raises(SystemExit) as exit_info:
-            run_prefix_tuning.cli(argv)
+            cli.cli(argv)
     finally:
         os.chdir(cwd)
     assert exit_info.value.code == 1
@@ -225,7 +226,7 @@ def test_killed_run_resumes_to_the_same_adapter_and_metrics(tmp_path, projection
 @pytest.mark.parametrize("projection", [False, True], ids=["plain", "prefix_projection"])
 def test_load_best_model_at_end_with_prefix_models(tmp_path, tiny_t5_dir, projection):
     out = tmp_path / "best"
-    trainer = run_prefix_tuning.main(
+    trainer = run_main(
         [
             "--model_name_or_path", str(tiny_t5_dir), "--train_file", str(REPO / "examples" / "quickstart.txt"),
             "--output_dir", str(out), "--do_train", "--do_eval", "--max_steps", "6", "--learning_rate", "0.05",

@@ -7,28 +7,12 @@ import json
 
 import pytest
 import torch
-from peft import PeftConfig, PeftModel
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from prefix_tuning_utils import cli
 from prefix_tuning_utils.arguments import DataTrainingArguments, ModelArguments, PredictArguments, PrefixArguments
 from tests.conftest import REPO, assert_trained_and_evaluated
-
-
-def run_main(argv):
-    return cli.main([str(a) for a in argv])
-
-
-def plain_usage_snippet(adapter_dir, sentences, max_new_tokens=5):
-    """Exactly what the README and model card promise a user can do with an adapter."""
-    config = PeftConfig.from_pretrained(adapter_dir)
-    model = AutoModelForSeq2SeqLM.from_pretrained(config.base_model_name_or_path)
-    model = PeftModel.from_pretrained(model, adapter_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    batch = tokenizer(sentences, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=max_new_tokens)
-    return tokenizer.batch_decode(out, skip_special_tokens=True)
+from tests.helpers import plain_usage_snippet, run_main
 
 
 def test_quickstart_recipe_runs_and_adapter_loads_with_plain_snippet(tmp_path, monkeypatch):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from prefix_tuning_utils import cli as run_prefix_tuning
 from prefix_tuning_utils.sampling import SeededLengthGroupedSampler, token_lengths
 from tests.conftest import REPO
+from tests.helpers import run_main
 
 
 QUICKSTART = REPO / "examples" / "quickstart.txt"
@@ -112,9 +112,9 @@ def test_script_groups_training_batches_by_default(tmp_path):
         processed = sum(batch["input_ids"].numel() for batch in loader)
         return real / processed, sum(len(batch["input_ids"]) for batch in loader)
 
-    default = run_prefix_tuning.main(quickstart_argv(tmp_path / "default"))
+    default = run_main(quickstart_argv(tmp_path / "default"))
     assert default.args.train_sampling_strategy == "group_by_length"
-    plain = run_prefix_tuning.main(quickstart_argv(tmp_path / "random", "--train_sampling_strategy", "random"))
+    plain = run_main(quickstart_argv(tmp_path / "random", "--train_sampling_strategy", "random"))
     (grouped, seen), (shuffled, seen_random) = efficiency(default), efficiency(plain)
     assert seen == seen_random == len(default.train_dataset)
     assert grouped > 0.9 and grouped > shuffled + 0.05, (grouped, shuffled)
@@ -129,6 +129,6 @@ def test_flop_estimate_counts_the_parameters_once(tmp_path, monkeypatch):
     monkeypatch.setattr(
         PreTrainedModel, "num_parameters", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
     )
-    trainer = run_prefix_tuning.main(quickstart_argv(tmp_path, "--max_steps", "6"))
+    trainer = run_main(quickstart_argv(tmp_path, "--max_steps", "6"))
     assert trainer.state.global_step == 6 and trainer.state.total_flos > 0
     assert len(calls) <= 2, len(calls)  # one FLOP estimate (plus any count at start-up), not one per step

@@ -11,23 +11,17 @@ import yaml
 
 from prefix_tuning_utils import cli
 from tests.conftest import REPO
+from tests.helpers import run_cli
 
 
 PUSH_FLAGS = ("--output_dir", "--hub_model_id", "--hub_token", "--hub_private_repo", "--hub_revision")
 
 
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    """cli() in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        cli.cli([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 def test_push_help_lists_the_push_flags_only(capsys):
-    code, out, err = run_cli(["push", "--help"], capsys)
-    assert code == 0 and err == ""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.cli(["push", "--help"])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0 and err == ""
     assert out.startswith("usage: prefix-tuning push [-h] [--output_dir OUTPUT_DIR]")
     for flag in PUSH_FLAGS:
         assert f"  {flag} " in out, flag
@@ -54,7 +48,7 @@ def test_console_script_push_help():
 def test_a_misspelt_recipe_key_is_one_line_exit_2_naming_the_nearest_key(tmp_path, capsys, command, help_command):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "hub_revison": "dev", "do_train": True}))
-    code, _, err = run_cli([*command, recipe], capsys)
+    code, err = run_cli([*command, recipe], capsys)
     assert code == 2
     assert err.splitlines() == [
         f"error: Recipe {recipe} has unknown key(s): hub_revison. Did you mean hub_revision? See `{help_command}`."
@@ -65,7 +59,7 @@ def test_a_misspelt_recipe_key_is_one_line_exit_2_naming_the_nearest_key(tmp_pat
 def test_several_misspelt_keys_are_each_named_with_their_nearest(tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"hub_revison": "dev", "learnig_rate": 0.1, "zzz": 1}))
-    code, _, err = run_cli(["push", recipe], capsys)
+    code, err = run_cli(["push", recipe], capsys)
     assert code == 2
     assert err.splitlines() == [
         f"error: Recipe {recipe} has unknown key(s): hub_revison, learnig_rate, zzz. Did you mean hub_revision (for "
@@ -84,13 +78,13 @@ def test_several_misspelt_keys_are_each_named_with_their_nearest(tmp_path, capsy
     ],
 )  # fmt: skip
 def test_push_refuses_bad_flags_in_one_line_exit_2(tmp_path, capsys, flags, expected):
-    code, _, err = run_cli(["push", "--output_dir", tmp_path / "run", *flags], capsys)
+    code, err = run_cli(["push", "--output_dir", tmp_path / "run", *flags], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
     assert expected in err and "Traceback" not in err
 
 
 def test_push_needs_an_output_dir(capsys):
-    code, _, err = run_cli(["push", "--hub_model_id", "me/x"], capsys)
+    code, err = run_cli(["push", "--hub_model_id", "me/x"], capsys)
     assert (code, err) == (
         2,
         "error: `prefix-tuning push` needs --output_dir: the folder of the finished run to publish.\n",
