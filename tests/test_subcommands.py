@@ -83,6 +83,11 @@ def test_push_refuses_bad_flags_in_one_line_exit_2(tmp_path, capsys, flags, expe
     assert expected in err and "Traceback" not in err
 
 
+def test_push_refuses_an_invalid_repo_id_before_reading_the_run(tmp_path, capsys):
+    code, err = run_cli(["push", "--output_dir", tmp_path / "run", "--hub_model_id", "bad name!"], capsys)
+    assert code == 2 and err.startswith("error: --hub_model_id 'bad name!' is not a valid Hub repo id"), err
+
+
 def test_push_needs_an_output_dir(capsys):
     code, err = run_cli(["push", "--hub_model_id", "me/x"], capsys)
     assert (code, err) == (
