@@ -58,7 +58,7 @@ PUSH_USAGE = (
     f"{PUSH_PROG} --output_dir DIR [--hub_model_id ID] [--hub_token TOKEN] [--hub_revision BRANCH] "
     "[--hub_private_repo true]"
 )
-PUSH_ONLY_USAGE = (
+PUSH_HINT = (
     f"To publish a finished run again without training (e.g. after a failed push): {PUSH_USAGE} (also "
     f"`python run_prefix_tuning.py push ...`; `{PUSH_PROG} --help` lists its flags). Its old spelling, "
     "`--push_only --output_dir DIR ...`, still works. Publishing is described in README.md (Publishing)."
@@ -562,7 +562,7 @@ class _Parser(HfArgumentParser):
 
 def build_parser() -> HfArgumentParser:
     """The parser of every training argument: no abbreviations (`--num_virtual_token` is not `--num_virtual_tokens`)."""
-    parser = _Parser(TRAINING_ARGUMENTS, epilog=PUSH_ONLY_USAGE, allow_abbrev=False)
+    parser = _Parser(TRAINING_ARGUMENTS, epilog=PUSH_HINT, allow_abbrev=False)
     debug = parser._option_string_actions["--debug"]
     debug.help = DEBUG_HELP + (debug.help or "")
     if not torch.accelerator.is_available():

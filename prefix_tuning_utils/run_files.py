@@ -2,8 +2,10 @@
 folder given to `--model_name_or_path`), each spelt once; and the one label word that is no label (`NO_LABEL`).
 
 The ground floor of the package, with :mod:`errors`: no third-party import. Every module takes these names from
-here (a grep for any of the quoted names below over `prefix_tuning_utils/` finds this file only); which of them are
-published, refused, resumed from or cleaned up is decided where that is done (`hub`, `output_dir`, `predict`, ...).
+here (a grep for any of the quoted names below over `prefix_tuning_utils/` finds this file only, but for the words
+`base_model` and `prefix_scope`, which are also keys of the run record and of the prediction settings); which of them
+are published, refused, resumed from or cleaned up is decided where that is done (`hub`, `output_dir`, `predict`,
+...). tests/test_ground_floor.py checks it.
 """
 
 from __future__ import annotations
