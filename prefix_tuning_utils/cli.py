@@ -26,6 +26,7 @@ from transformers import PretrainedConfig, set_seed
 
 from . import hub, model_card
 from .all_layer_prefix import check_scope_supported
+from .answering import LabelScorer
 from .arguments import (
     ArgumentError,
     DataTrainingArguments,
@@ -36,6 +37,7 @@ from .arguments import (
     parse_args,
 )
 from .data import LabelledData, get_datasets, to_dataset_dict
+from .input_format import InputFormat
 from .metrics import build_compute_metrics
 from .modeling import (
     TrainedModel,
@@ -55,7 +57,6 @@ from .output_dir import prepare_output_dir
 from .predict import predict
 from .prefix_init import init_prefix_from_text
 from .preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
-from .scoring import LabelScorer
 from .trainer import PrefixTuningTrainer, TrainingDivergedError, set_sample_count
 
 
@@ -221,7 +222,7 @@ def build_trainer(run: Run, model, tokenized: dict) -> PrefixTuningTrainer:
         processing_class=run.tokenizer,
         data_collator=get_data_collator(run.tokenizer, pad_to_multiple_of=8 if args.bf16 else None),
         compute_metrics=build_compute_metrics(run.tokenizer, run.labels) if run.trainer_generates else None,
-        scorer=LabelScorer(model, run.tokenizer, run.labels, run.data_args, run.task),
+        scorer=LabelScorer(model, run.tokenizer, run.labels, InputFormat.from_args(run.data_args, run.task)),
         eval_examples=run.splits.get("validation"),
         eval_mode=run.eval_mode,
         cache_encoder_outputs=run.prefix_args.cache_encoder_outputs,

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Literal
 
 import torch
 from peft import (
@@ -33,6 +32,7 @@ from transformers.models.auto.modeling_auto import (
 from . import all_layer_prefix
 from .arguments import ArgumentError, DataTrainingArguments, ModelArguments, PrefixArguments
 from .hub_files import find_model_file
+from .input_format import SAVED_FIELDS, InputFormat, Task
 
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ __all__ = [
     "trainable_parameters",
 ]
 
-Task = Literal["seq2seq", "causal"]
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -255,17 +254,16 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 TASK_SETTINGS_FILE = "prefix_tuning.json"
 # What turns a sentence into model input and names the answers; saved next to every model this script writes.
-TASK_SETTINGS_FIELDS = ("source_prefix", "prompt_template", "max_source_length", "max_target_length")
+TASK_SETTINGS_FIELDS = SAVED_FIELDS
 
 
-def save_task_settings(output_dir: str, labels: list[str], data_args: DataTrainingArguments, task: Task) -> str:
+def save_task_settings(output_dir: str, labels: list[str], input_format: InputFormat) -> str:
     """Write `prefix_tuning.json` (label words, input format, task) next to a saved model or adapter.
 
     A later run that scores with the model reads it back, so it needs neither the training data nor the training
     flags. Returns the file's path.
     """
-    settings = {"format": 1, "task": task, "label_words": list(labels)}
-    settings.update({name: getattr(data_args, name) for name in TASK_SETTINGS_FIELDS})
+    settings = {"format": 1, "task": input_format.task, "label_words": list(labels), **input_format.settings()}
     path = os.path.join(output_dir, TASK_SETTINGS_FILE)
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(settings, handle, indent=2, ensure_ascii=False)
