@@ -232,16 +232,13 @@ class LabelScorer:
         if encoder_states.shape[1] > mask.shape[1]:  # prompt tuning: virtual tokens prepended to the encoder input
             mask = torch.cat([mask.new_ones(size, encoder_states.shape[1] - mask.shape[1]), mask], dim=1)
         steps = answers.shape[1] - 1
+        prefix_mask = None if virtual is None else self._decoder_mask(virtual, 1 + steps)
         rest = self._call_base(
             cache,
             encoder_outputs=(encoder_states.repeat_interleave(labels, dim=0),),
             attention_mask=mask.repeat_interleave(labels, dim=0),
             decoder_input_ids=decoder_ids[:, 1:].repeat(size, 1),
-            **(
-                {}
-                if virtual is None
-                else {"decoder_attention_mask": self._decoder_mask(virtual, 1 + steps).repeat_interleave(labels, 0)}
-            ),
+            **({} if prefix_mask is None else {"decoder_attention_mask": prefix_mask.repeat_interleave(labels, 0)}),
         )
         return scores + self._label_log_probs(rest.logits, answers, real, size)
 
@@ -330,8 +327,8 @@ class LabelScorer:
                 )
                 prompt_tokens = batch["input_ids"].shape[1]
             else:
-                with self._all_scope(virtual), self._routed_generation(virtual):
-                    inputs = self._generation_inputs(batch, virtual)
+                inputs = self._generation_inputs(batch, virtual)
+                with self._all_scope(virtual), self._routed_generation(virtual, inputs):
                     output = self._base_model().generate(**inputs, **generate_kwargs)
                 prompt_tokens = batch["input_ids"].shape[1] if "input_ids" in inputs else 0
         finally:
@@ -353,34 +350,43 @@ class LabelScorer:
         }
 
     @contextlib.contextmanager
-    def _routed_generation(self, virtual: VirtualTokens):
-        """Within the block, the base model's ``generate`` steps carry the rows' prefixes: the cache on the first
-        step (as peft does for one adapter), and every step the mask of the prefix slots and, for decoder-only
-        models, position ids counted over the real slots. Beams repeat each row (``batch / rows`` times)."""
+    def _routed_generation(self, virtual: VirtualTokens, inputs: dict):
+        """Within the block, the base model's ``generate`` steps carry the rows' virtual tokens: the prefix as the
+        cache on the first step (as peft does for one adapter), and every step the mask of the prefix slots and, for
+        decoder-only models, position ids counted over the real slots (module docstring). Beams repeat each row
+        (``batch / rows`` times).
+
+        The decoder-only mask is rebuilt here each step from the one given to ``generate`` and the tokens written
+        since: transformers drops a mask of all ones, and numbers positions without the prefix."""
         base = self._base_model()
         original = base.prepare_inputs_for_generation
         key = _cache_keyword(base)
         seq2seq = self.task == "seq2seq"
+        given_mask = inputs["attention_mask"]
+        given_ids = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0  # echoed in generate's input_ids
 
         @functools.wraps(original)
         def prepare_inputs_for_generation(input_ids, *args, **kwargs):
             model_inputs = original(input_ids, *args, **kwargs)
-            rows = virtual.repeated(input_ids.shape[0] // len(virtual.rows))
+            times = input_ids.shape[0] // len(virtual.rows)
+            rows = virtual.repeated(times)
             cache = model_inputs.pop("cache", None)
             cache = model_inputs.pop("past_key_values", None) if cache is None else cache
-            if cache is None or cache.get_seq_length() == 0:  # the first step: the prefix is the cache
-                cache = rows.cache() if rows.prefix_mask is not None else cache
+            if (cache is None or cache.get_seq_length() == 0) and rows.prefix_mask is not None:
+                cache = rows.cache()  # the first step: the prefix is the cache
             if cache is not None:
                 model_inputs[key] = cache
             if seq2seq:
                 if rows.prefix_mask is not None:
                     model_inputs["decoder_attention_mask"] = self._decoder_mask(rows, input_ids.shape[1])
-            else:
-                full = _cat_masks(rows.prefix_mask, kwargs["attention_mask"])
-                model_inputs["attention_mask"] = full
-                current = model_inputs.get("inputs_embeds")
-                current = model_inputs["input_ids"] if current is None else current
-                model_inputs["position_ids"] = (full.cumsum(dim=1) - 1).clamp(min=0)[:, -current.shape[1] :]
+                return model_inputs
+            written = input_ids.shape[1] - given_ids
+            mask = given_mask.repeat_interleave(times, dim=0)
+            full = _cat_masks(rows.prefix_mask, mask, _ones(mask.shape[0], written, mask))
+            model_inputs["attention_mask"] = full
+            current = model_inputs.get("inputs_embeds")
+            current = model_inputs["input_ids"] if current is None else current
+            model_inputs["position_ids"] = (full.cumsum(dim=1) - 1).clamp(min=0)[:, -current.shape[1] :]
             return model_inputs
 
         base.prepare_inputs_for_generation = prepare_inputs_for_generation
