@@ -212,6 +212,11 @@ def build_run_model(run: Run, checkpoint: str | None):
     return model, (trainable, total)
 
 
+def answering_scorer(run: Run, model) -> LabelScorer:
+    """The answering core around `model`, with the run's label words and input format."""
+    return LabelScorer(model, run.tokenizer, run.labels, InputFormat.from_args(run.data_args, run.task))
+
+
 def build_trainer(run: Run, model, tokenized: dict) -> PrefixTuningTrainer:
     args = run.training_args
     return PrefixTuningTrainer(
@@ -222,7 +227,7 @@ def build_trainer(run: Run, model, tokenized: dict) -> PrefixTuningTrainer:
         processing_class=run.tokenizer,
         data_collator=get_data_collator(run.tokenizer, pad_to_multiple_of=8 if args.bf16 else None),
         compute_metrics=build_compute_metrics(run.tokenizer, run.labels) if run.trainer_generates else None,
-        scorer=LabelScorer(model, run.tokenizer, run.labels, InputFormat.from_args(run.data_args, run.task)),
+        scorer=answering_scorer(run, model),
         eval_examples=run.splits.get("validation"),
         eval_mode=run.eval_mode,
         cache_encoder_outputs=run.prefix_args.cache_encoder_outputs,
@@ -276,6 +281,7 @@ def write_card_and_publish(trainer, run: Run, parameters: tuple[int, int], eval_
         parameters=parameters,
         eval_answers=eval_answers,
         hub_settings=run.hub_settings,
+        scorer=answering_scorer(run, trainer.accelerator.unwrap_model(trainer.model)),
     )
     model_card.save_run_card(run.training_args.output_dir, record, trainer.state.log_history)
     if run.hub_settings.push_to_hub:

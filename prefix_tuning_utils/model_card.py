@@ -159,16 +159,15 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _example_answer(trainer) -> list[str] | None:
-    """What the trained model writes for the card's example sentence: the answering core's generation (greedy, at
-    most EXAMPLE_MAX_NEW_TOKENS tokens), which is what the card's snippet does with plain peft.
+def _example_answer(trainer, scorer) -> list[str] | None:
+    """What the trained model writes for the card's example sentence: the answering core's generation (`scorer`, a
+    `LabelScorer` around the trained model; greedy, at most EXAMPLE_MAX_NEW_TOKENS tokens), which is what the card's
+    snippet does with plain peft.
 
     None where the weights are sharded across processes (FSDP, DeepSpeed): one process cannot generate alone.
     """
     if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
         return None
-    scorer = trainer.scorer
-    scorer.model = trainer.accelerator.unwrap_model(trainer.model)
     return scorer.generate([EXAMPLE_SENTENCE], max_new_tokens=EXAMPLE_MAX_NEW_TOKENS)
 
 
@@ -184,6 +183,7 @@ def build_run_record(
     parameters: tuple[int, int],
     eval_answers: tuple[list[str], list[str]] | None,
     hub_settings,
+    scorer,
 ) -> dict:
     """Everything the model card needs from the run that no other output file holds. No token goes in."""
     args = trainer.args
@@ -213,7 +213,7 @@ def build_run_record(
         "evaluation": None,
         "example": {
             "sentence": EXAMPLE_SENTENCE,
-            "answer": _example_answer(trainer),
+            "answer": _example_answer(trainer, scorer),
         },
         "hub": {"model_id": hub_settings.model_id, "revision": hub_settings.revision},
         "versions": _versions(),
