@@ -192,12 +192,17 @@ def _check_mixed_batch(adapters, task: str, names: list[str | None], seed: int) 
                 assert (scores[i] - scores[j]).abs().max() > 1e-2, (text, distinct[i], distinct[j])
 
 
-@pytest.mark.parametrize("case", list(CASES))
+def _cases(cases: dict) -> list:
+    """Every kind on its own is a slow test; the batch that mixes them all runs in the default suite."""
+    return [case if case == "everything" else pytest.param(case, marks=pytest.mark.slow) for case in cases]
+
+
+@pytest.mark.parametrize("case", _cases(CASES))
 def test_seq2seq_mixed_batch_answers_each_row_as_its_adapter_alone(adapters, case):
     _check_mixed_batch(adapters, "seq2seq", CASES[case], seed=len(case))
 
 
-@pytest.mark.parametrize("case", list(CAUSAL_CASES))
+@pytest.mark.parametrize("case", _cases(CAUSAL_CASES))
 def test_causal_mixed_batch_answers_each_row_as_its_adapter_alone(adapters, case):
     _check_mixed_batch(adapters, "causal", CAUSAL_CASES[case], seed=len(case))
 
@@ -260,3 +265,29 @@ def test_a_bank_refuses_what_it_cannot_mix(adapters, tmp_path, tiny_t5_dir):
     alone = PrefixClassifier.from_pretrained({"full": str(full)})
     assert alone.adapter_names == ["full"] and alone.bank is None
     assert alone(TEXTS[0], adapter="full")[0]["label"] in LABELS
+
+
+def test_adapters_from_the_hub_with_a_revision(adapters, tmp_path, monkeypatch):
+    """`org/name@revision` loads that revision: two adapters from one Hub repo (main and a branch) answer as the
+    local copies they were uploaded from."""
+    from huggingface_hub import HfApi
+
+    from tests.fake_hub import FakeHub
+
+    seq2seq = adapters["seq2seq"]
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    with FakeHub(hub_cache=tmp_path / "hub_cache") as hub:
+        api = HfApi(token="hf_test_x")
+        api.create_repo("me/sentiment")
+        api.upload_folder(repo_id="me/sentiment", folder_path=seq2seq["p4"])
+        api.create_branch("me/sentiment", branch="v2")
+        api.upload_folder(repo_id="me/sentiment", folder_path=seq2seq["q6"], revision="v2")
+        sources = {"main": "me/sentiment", "v2": "me/sentiment@v2"}
+        bank = PrefixClassifier.from_pretrained(sources, device="cpu", cache_dir=str(tmp_path / "cache"))
+        assert [bank.bank.adapter(name).kind for name in sources] == ["prefix", "prompt"]
+        mix = ["v2", "main", "main", "v2", "main"]
+        got = bank.scorer.log_scores(TEXTS[:5], mix)
+        assert hub.unhandled == [], [r.path for r in hub.unhandled]
+    local = {"main": _alone(adapters, "seq2seq", "p4", "score"), "v2": _alone(adapters, "seq2seq", "q6", "score")}
+    for row, (text, name) in enumerate(zip(TEXTS[:5], mix)):
+        torch.testing.assert_close(got[row], local[name].scorer.log_scores([text])[0], rtol=0, atol=1e-5)
