@@ -44,8 +44,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def load_recipe(output_dir: str):
     """The recipe's scorer (model with its initialised prefix, tokenizer, labels, prompt) and held-out sentences."""
+    from prefix_tuning_utils.answering import LabelScorer
     from prefix_tuning_utils.arguments import parse_args
     from prefix_tuning_utils.data import get_datasets
+    from prefix_tuning_utils.input_format import InputFormat
     from prefix_tuning_utils.modeling import (
         build_model,
         build_peft_config,
@@ -55,7 +57,6 @@ def load_recipe(output_dir: str):
         load_base_model,
     )
     from prefix_tuning_utils.prefix_init import init_prefix_from_text
-    from prefix_tuning_utils.scoring import LabelScorer
 
     flags = recipe_flags({"model_name_or_path", "dataset_name", "dataset_config_name", "output_dir"})
     model_args, data_args, prefix_args, _, training_args = parse_args(
@@ -69,7 +70,7 @@ def load_recipe(output_dir: str):
     model = build_model(load_base_model(model_args, config, task), build_peft_config(config, prefix_args, task))
     init_prefix_from_text(model, tokenizer, prefix_args.prefix_init_text, task)
     model.eval()
-    scorer = LabelScorer(model, tokenizer, labels, data_args, task)
+    scorer = LabelScorer(model, tokenizer, labels, InputFormat.from_args(data_args, task))
     held = splits["validation"]
     return scorer, held.texts, [labels.index(label) for label in held.labels], training_args.per_device_eval_batch_size
 

@@ -9,7 +9,7 @@ PhraseBank-like sentences (the shipped `examples/quickstart.txt` sentences, repe
 * **train**: samples/s of forward + backward + gradient clipping + AdamW step (our token-mean loss), at the recipe's
   batch 8 and at a larger batch, without and with `--cache_encoder_outputs` (the encoder's output fed from
   :class:`prefix_tuning_utils.encoder_cache.EncoderOutputCache`); 3 warm-up steps, then `--steps` timed steps;
-* **score** / **generate**: rows/s of :class:`prefix_tuning_utils.scoring.LabelScorer` on `--sentences` sentences,
+* **score** / **generate**: rows/s of :class:`prefix_tuning_utils.answering.LabelScorer` on `--sentences` sentences,
   in score mode (every label word's exact log-probability) and in generate mode, made to write exactly the longest
   label word and its end-of-sequence (``min_new_tokens`` = ``max_new_tokens``), as a trained adapter does, whatever
   the random weights would write; and their ratio (issue "Speed II": score >= generate);
@@ -192,9 +192,10 @@ def main(argv=None) -> str:
     from peft import PrefixTuningConfig, TaskType, get_peft_model
     from transformers import T5ForConditionalGeneration
 
+    from prefix_tuning_utils.answering import LabelScorer
     from prefix_tuning_utils.arguments import DataTrainingArguments
     from prefix_tuning_utils.encoder_cache import EncoderOutputCache, encoder_dropout_off
-    from prefix_tuning_utils.scoring import LabelScorer
+    from prefix_tuning_utils.input_format import InputFormat
 
     started = time.perf_counter()
     cuda = torch.cuda.is_available() and not args.tiny
@@ -252,7 +253,7 @@ def main(argv=None) -> str:
     data_args = DataTrainingArguments(
         train_file=str(REPO / "examples" / "quickstart.txt"), label_words=",".join(LABELS)
     )
-    scorer = LabelScorer(model, tokenizer, LABELS, data_args, "seq2seq")
+    scorer = LabelScorer(model, tokenizer, LABELS, InputFormat.from_args(data_args, "seq2seq"))
     model.eval()
     # generate writes exactly what a trained adapter writes (the longest label word and its end-of-sequence): random
     # weights would otherwise stop at once (an empty answer, generation's best case) or run to max_new_tokens.

@@ -22,6 +22,7 @@ import yaml
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
 from .errors import ArgumentError  # re-exported: `from prefix_tuning_utils.arguments import ArgumentError` still works
+from .input_format import DEFAULT_MAX_SOURCE_LENGTH, DEFAULT_MAX_TARGET_LENGTH, DEFAULT_PROMPT_TEMPLATE
 from .readers import DATA_EXTENSIONS  # the formats readers.py reads (re-exported)
 
 
@@ -258,7 +259,7 @@ class DataTrainingArguments:
         default="", metadata={"help": "Text put before every input of a seq2seq model, e.g. `sentiment: `."}
     )
     prompt_template: str = field(
-        default="Sentence: {text}\nSentiment:",
+        default=DEFAULT_PROMPT_TEMPLATE,
         metadata={
             "help": "Prompt of a decoder-only model; `{text}` is replaced by the sentence and the model continues "
             "with a space and the label word."
@@ -273,9 +274,12 @@ class DataTrainingArguments:
         },
     )
     max_source_length: int = field(
-        default=256, metadata={"help": "Inputs are truncated to this many tokens (padding is per batch)."}
+        default=DEFAULT_MAX_SOURCE_LENGTH,
+        metadata={"help": "Inputs are truncated to this many tokens (padding is per batch)."},
     )
-    max_target_length: int = field(default=8, metadata={"help": "Targets (label words) are truncated to this."})
+    max_target_length: int = field(
+        default=DEFAULT_MAX_TARGET_LENGTH, metadata={"help": "Targets (label words) are truncated to this."}
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N training examples (debugging, quick runs)."}
     )

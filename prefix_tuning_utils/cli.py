@@ -31,6 +31,7 @@ from transformers import PretrainedConfig, set_seed
 
 from . import hub, model_card
 from .all_layer_prefix import check_scope_supported
+from .answering import LabelScorer
 from .arguments import (
     PROGRAM,
     DataTrainingArguments,
@@ -43,6 +44,7 @@ from .arguments import (
 )
 from .data import LabelledData, get_datasets, to_dataset_dict
 from .errors import ArgumentError, HubUnavailableError, PushError, TrainingDivergedError
+from .input_format import InputFormat
 from .metrics import build_compute_metrics
 from .modeling import (
     build_model,
@@ -60,7 +62,6 @@ from .predict import predict
 from .prefix_init import init_prefix_from_text
 from .preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
 from .run_folder import TrainedModel, find_trained_model, save_initialised_base
-from .scoring import LabelScorer
 from .trainer import PrefixTuningTrainer, set_sample_count
 
 
@@ -220,6 +221,11 @@ def build_run_model(run: Run, checkpoint: str | None):
     return model, (trainable, total)
 
 
+def answering_scorer(run: Run, model) -> LabelScorer:
+    """The answering core around `model`, with the run's label words and input format."""
+    return LabelScorer(model, run.tokenizer, run.labels, InputFormat.from_args(run.data_args, run.task))
+
+
 def build_trainer(run: Run, model, tokenized: dict) -> PrefixTuningTrainer:
     args = run.training_args
     return PrefixTuningTrainer(
@@ -230,7 +236,7 @@ def build_trainer(run: Run, model, tokenized: dict) -> PrefixTuningTrainer:
         processing_class=run.tokenizer,
         data_collator=get_data_collator(run.tokenizer, pad_to_multiple_of=8 if args.bf16 else None),
         compute_metrics=build_compute_metrics(run.tokenizer, run.labels) if run.trainer_generates else None,
-        scorer=LabelScorer(model, run.tokenizer, run.labels, run.data_args, run.task),
+        scorer=answering_scorer(run, model),
         eval_examples=run.splits.get("validation"),
         eval_mode=run.eval_mode,
         cache_encoder_outputs=run.prefix_args.cache_encoder_outputs,
@@ -284,6 +290,7 @@ def write_card_and_publish(trainer, run: Run, parameters: tuple[int, int], eval_
         parameters=parameters,
         eval_answers=eval_answers,
         hub_settings=run.hub_settings,
+        scorer=answering_scorer(run, trainer.accelerator.unwrap_model(trainer.model)),
     )
     model_card.save_run_card(run.training_args.output_dir, record, trainer.state.log_history)
     if run.hub_settings.push_to_hub:

@@ -25,7 +25,11 @@ adapters:
   ``use_cache=False``), and keeps the attention mask of causal models in step with it. For causal models it also
   shifts the position ids that ``generate()`` derives from the attention mask by ``num_virtual_tokens``: in training
   (peft's ``forward``) the real tokens come after the prefix, so generation must number them the same way.
-  Canary: ``tests/test_generation_uses_prefix.py::test_upstream_generate_still_broken``.
+  Canary: ``tests/test_generation_uses_prefix.py::test_upstream_generate_still_broken``. The same wrapper makes
+  prompt tuning on decoder-only models generate right: peft looks for the cache under ``past_key_values``, finds
+  none on any step and feeds the virtual tokens in again with each written token; the wrapper puts them in on the
+  first step only, with the mask and position ids of training. Canary:
+  ``tests/test_generation_uses_prefix.py::test_upstream_prompt_tuning_generate_still_broken``.
 * ``compat.cache_keyword`` wraps ``forward`` / ``generate`` to install a forward pre-hook on the base model that
   renames ``past_key_values`` to ``cache`` when the model's ``forward`` takes ``cache`` and no longer takes
   ``past_key_values`` (the hook does nothing while the patch is removed). Canary:
@@ -96,7 +100,46 @@ def _is_prefix(peft_model) -> bool:
     return peft_model.active_peft_config.peft_type == PeftType.PREFIX_TUNING
 
 
+def _is_causal_prompt_tuning(peft_model) -> bool:
+    return (
+        peft_model.active_peft_config.peft_type == PeftType.PROMPT_TUNING
+        and not peft_model.get_base_model().config.is_encoder_decoder
+    )
+
+
+def _prompt_tuning_inputs(self, *args, **kwargs):
+    """Prompt tuning on a decoder-only model: the virtual embeddings go in on the first step only, and every step
+    gets the mask and position ids of virtual tokens + prompt + written tokens (as in training, where the real
+    tokens follow the virtual ones)."""
+    base = self.get_base_model()
+    key = _cache_keyword(base)
+    model_inputs = self.base_model_prepare_inputs_for_generation(*args, **kwargs)
+    sequence = args[0] if args else kwargs["input_ids"]  # the prompt and the tokens written so far
+    cache = model_inputs.pop("cache", None)
+    cache = model_inputs.pop("past_key_values", None) if cache is None else cache
+    virtual = self.active_peft_config.num_virtual_tokens
+    mask = kwargs.get("attention_mask")
+    if mask is None:  # generate() drops a mask of all ones
+        mask = sequence.new_ones(sequence.shape)
+    full = torch.cat([mask.new_ones(mask.shape[0], virtual), mask], dim=1)
+    if cache is None or (isinstance(cache, Cache) and cache.get_seq_length() == 0):
+        embeddings = self.word_embeddings(model_inputs["input_ids"])
+        prompts = self.get_prompt(batch_size=embeddings.shape[0]).to(embeddings.dtype)
+        model_inputs["inputs_embeds"] = torch.cat([prompts[:, :virtual], embeddings], dim=1)
+        model_inputs["input_ids"] = None
+        current = model_inputs["inputs_embeds"].shape[1]
+    else:
+        current = model_inputs["input_ids"].shape[1]
+    if cache is not None:
+        model_inputs[key] = cache
+    model_inputs["attention_mask"] = full
+    model_inputs["position_ids"] = (full.cumsum(dim=1) - 1).clamp(min=0)[:, -current:]
+    return model_inputs
+
+
 def _prepare_inputs_for_generation(original, self, *args, task_ids=None, **kwargs):
+    if _is_causal_prompt_tuning(self):
+        return _prompt_tuning_inputs(self, *args, **kwargs)
     if not _is_prefix(self):
         return original(self, *args, task_ids=task_ids, **kwargs)
     base = self.get_base_model()
@@ -140,7 +183,10 @@ GENERATION_PREFIX = patching.register(
             f"{_VERSIONS}: generate() returns the base model's output. transformers' prepare_inputs_for_generation "
             "puts the generation cache under `cache`, peft adds the prefix under `past_key_values`, and the "
             "deprecated alias keeps `cache` and drops the prefix; with use_cache=False peft injects the prefix on "
-            "the first step only (already on transformers 5.23)."
+            "the first step only (already on transformers 5.23). Prompt tuning on decoder-only models: peft looks for "
+            "the cache under `past_key_values`, finds none on every step, and feeds the virtual tokens in again with "
+            "every written token, so everything after the first token is wrong (canary: "
+            "tests/test_generation_uses_prefix.py::test_upstream_prompt_tuning_generate_still_broken)."
         ),
         test="tests/test_generation_uses_prefix.py::test_upstream_generate_still_broken",
         replacements=[

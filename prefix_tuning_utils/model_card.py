@@ -154,20 +154,16 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _example_answer(trainer, source_prefix: str) -> list[str] | None:
-    """What the trained model answers to the card's example sentence, called exactly as the card's snippet does.
+def _example_answer(trainer, scorer) -> list[str] | None:
+    """What the trained model writes for the card's example sentence: the answering core's generation (`scorer`, a
+    `LabelScorer` around the trained model; greedy, at most EXAMPLE_MAX_NEW_TOKENS tokens), which is what the card's
+    snippet does with plain peft.
 
     None where the weights are sharded across processes (FSDP, DeepSpeed): one process cannot generate alone.
     """
     if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
         return None
-    model, tokenizer = trainer.model, trainer.processing_class
-    model.eval()
-    device = next(model.parameters()).device
-    inputs = tokenizer([source_prefix + EXAMPLE_SENTENCE], return_tensors="pt").to(device)
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=EXAMPLE_MAX_NEW_TOKENS)
-    return tokenizer.batch_decode(output, skip_special_tokens=True)
+    return scorer.generate([EXAMPLE_SENTENCE], max_new_tokens=EXAMPLE_MAX_NEW_TOKENS)
 
 
 def build_run_record(
@@ -182,6 +178,7 @@ def build_run_record(
     parameters: tuple[int, int],
     eval_answers: tuple[list[str], list[str]] | None,
     hub_settings,
+    scorer,
 ) -> dict:
     """Everything the model card needs from the run that no other output file holds. No token goes in."""
     args = trainer.args
@@ -211,7 +208,7 @@ def build_run_record(
         "evaluation": None,
         "example": {
             "sentence": EXAMPLE_SENTENCE,
-            "answer": _example_answer(trainer, data_args.source_prefix),
+            "answer": _example_answer(trainer, scorer),
         },
         "hub": {"model_id": hub_settings.model_id, "revision": hub_settings.revision},
         "versions": _versions(),

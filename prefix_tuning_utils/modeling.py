@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Literal
 
 import torch
 from peft import (
@@ -34,6 +33,7 @@ from transformers.models.auto.modeling_auto import (
 from . import all_layer_prefix
 from .arguments import ModelArguments, PrefixArguments
 from .errors import ArgumentError
+from .input_format import Task
 from .run_files import WEIGHT_FILES
 
 
@@ -53,7 +53,6 @@ __all__ = [
     "trainable_parameters",
 ]
 
-Task = Literal["seq2seq", "causal"]
 # Model families whose activations overflow in float16 (T5's feed-forward outputs exceed 65504).
 FP16_UNSAFE_MODEL_TYPES = ("t5", "mt5", "umt5", "longt5", "switch_transformers")
 

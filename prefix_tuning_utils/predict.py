@@ -28,8 +28,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .answering import Answerer, LabelScorer
 from .arguments import DataTrainingArguments, ModelArguments, PredictArguments
-from .classifier import PrefixClassifier
 from .errors import ArgumentError
 from .metrics import confusion_metrics, plot_confusion_matrix
 from .readers import InputReader, LabelledData, Row
@@ -45,7 +45,6 @@ from .run_files import (
 )
 from .run_files import PREDICT_CONFUSION_PNG as CONFUSION_MATRIX_FILE
 from .run_files import PREDICTIONS_STATE_FILE as STATE_FILE
-from .scoring import LabelScorer
 
 
 logger = logging.getLogger(__name__)
@@ -110,10 +109,9 @@ def _describe_bad_rows(reader: InputReader, summary: InputSummary) -> str:
 
 
 def answer_rows(scorer: LabelScorer, rows: list[Row], mode: str, num_beams: int = 1) -> list[dict]:
-    """The output rows of one batch, answered by `PrefixClassifier` (the API's own path): the predicted label and
+    """The output rows of one batch, answered by the `Answerer` (the API's own path): the predicted label and
     every label's probability (score), or the label and the answer the model wrote (generate)."""
-    classifier = PrefixClassifier(scorer, mode, batch_size=max(1, len(rows)), num_beams=num_beams)
-    answered = classifier.answer_batch([row.text for row in rows], with_scores=False)
+    answered = Answerer(scorer, mode, num_beams).answer_batch([row.text for row in rows], with_scores=False)
     out = []
     for row, ranked in zip(rows, answered):
         best = ranked[0]

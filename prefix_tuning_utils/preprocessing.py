@@ -6,29 +6,10 @@ from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq
 
 from .arguments import DataTrainingArguments
+from .input_format import InputFormat, answer_token_ids
 
 
-__all__ = [
-    "causal_answer_ids",
-    "causal_prompt",
-    "get_data_collator",
-    "max_label_tokens",
-    "tokenize_dataset",
-]
-
-
-def causal_prompt(args: DataTrainingArguments, text: str) -> str:
-    return args.prompt_template.replace("{text}", text)
-
-
-def causal_answer_ids(tokenizer, labels: list[str]) -> list[list[int]]:
-    """Token ids of each answer a decoder-only model is taught to write: a space, the label word, end-of-sequence."""
-    ids = tokenizer([" " + label for label in labels], add_special_tokens=False)["input_ids"]
-    return [list(seq) + [tokenizer.eos_token_id] for seq in ids]
-
-
-def seq2seq_source(args: DataTrainingArguments, text: str) -> str:
-    return args.source_prefix + text
+__all__ = ["get_data_collator", "max_label_tokens", "tokenize_dataset"]
 
 
 def tokenize_dataset(
@@ -40,8 +21,10 @@ def tokenize_dataset(
     causal: the input is the --prompt_template followed by " label</s>"; the loss is on the answer tokens only.
     """
 
+    fmt = InputFormat.from_args(args, task)
+
     def tokenize_seq2seq(batch):
-        inputs = [seq2seq_source(args, text) for text in batch["text"]]
+        inputs = [fmt.source(text) for text in batch["text"]]
         features = tokenizer(inputs, max_length=args.max_source_length, truncation=True)
         targets = tokenizer(text_target=batch["label"], max_length=args.max_target_length, truncation=True)
         features["labels"] = targets["input_ids"]
@@ -49,9 +32,9 @@ def tokenize_dataset(
 
     def tokenize_causal(batch):
         prompts = tokenizer(
-            [causal_prompt(args, text) for text in batch["text"]], max_length=args.max_source_length, truncation=True
+            [fmt.source(text) for text in batch["text"]], max_length=args.max_source_length, truncation=True
         )["input_ids"]
-        answers = causal_answer_ids(tokenizer, batch["label"])
+        answers = answer_token_ids(tokenizer, batch["label"], "causal")
         input_ids = [p + a[: args.max_target_length] for p, a in zip(prompts, answers)]
         labels = [[-100] * len(p) + a[: args.max_target_length] for p, a in zip(prompts, answers)]
         return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids], "labels": labels}
@@ -68,9 +51,7 @@ def tokenize_dataset(
 
 def max_label_tokens(tokenizer, labels: list[str], task: str = "seq2seq") -> int:
     """Length in tokens of the longest answer (with the end-of-sequence token)."""
-    if task == "causal":
-        return max(len(ids) for ids in causal_answer_ids(tokenizer, labels))
-    return max(len(ids) for ids in tokenizer(text_target=labels)["input_ids"])
+    return max(len(ids) for ids in answer_token_ids(tokenizer, labels, task))
 
 
 def get_data_collator(tokenizer, pad_to_multiple_of: int | None = None) -> DataCollatorForSeq2Seq:

@@ -22,7 +22,8 @@ from peft import PeftModel
 from .arguments import DataTrainingArguments, ModelArguments
 from .errors import ArgumentError
 from .hub_files import find_model_file
-from .modeling import Task, initialises_from_config
+from .input_format import SAVED_FIELDS, InputFormat
+from .modeling import initialises_from_config
 from .run_files import ADAPTER_CONFIG_FILE, BASE_MODEL_DIR, TASK_SETTINGS_FILE, TOKENIZER_CONFIG_FILE
 
 
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 # What turns a sentence into model input and names the answers; saved next to every model this script writes.
-TASK_SETTINGS_FIELDS = ("source_prefix", "prompt_template", "max_source_length", "max_target_length")
+TASK_SETTINGS_FIELDS = SAVED_FIELDS
 
 
 def save_initialised_base(model, tokenizer, output_dir: str) -> str:
@@ -56,14 +57,13 @@ def save_initialised_base(model, tokenizer, output_dir: str) -> str:
     return base_dir
 
 
-def save_task_settings(output_dir: str, labels: list[str], data_args: DataTrainingArguments, task: Task) -> str:
+def save_task_settings(output_dir: str, labels: list[str], input_format: InputFormat) -> str:
     """Write `prefix_tuning.json` (label words, input format, task) next to a saved model or adapter.
 
     A later run that scores with the model reads it back, so it needs neither the training data nor the training
     flags. Returns the file's path.
     """
-    settings = {"format": 1, "task": task, "label_words": list(labels)}
-    settings.update({name: getattr(data_args, name) for name in TASK_SETTINGS_FIELDS})
+    settings = {"format": 1, "task": input_format.task, "label_words": list(labels), **input_format.settings()}
     path = os.path.join(output_dir, TASK_SETTINGS_FILE)
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(settings, handle, indent=2, ensure_ascii=False)

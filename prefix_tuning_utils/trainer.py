@@ -56,8 +56,8 @@ from tqdm.auto import tqdm
 from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .answering import Answerer, LabelScorer
 from .checkpointing import load_prefix_encoder, mark_complete, save_prefix_encoder, whole_prefix_for_saving
-from .classifier import PrefixClassifier
 from .data import LabelledData
 from .encoder_cache import INDEX_COLUMN, EncoderOutputCache, encoder_dropout_off
 from .errors import TrainingDivergedError
@@ -65,7 +65,6 @@ from .metrics import classification_metrics
 from .output_dir import last_complete_checkpoint
 from .run_folder import save_task_settings
 from .sampling import SeededLengthGroupedSampler, token_lengths
-from .scoring import LabelScorer
 from .setup_checks import check_distributed_setup, check_encoder_cacheable
 
 
@@ -313,7 +312,7 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
             and self.eval_mode == "score"
             and metric_key_prefix == "eval"
             and prediction_loss_only
-            and max(len(answer) for answer in self.scorer.answers) <= self.scorer.data_args.max_target_length
+            and max(len(answer) for answer in self.scorer.answers) <= self.scorer.input_format.max_target_length
         )
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
@@ -353,9 +352,7 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
         """Save as usual, plus `prefix_tuning.json` (label words, input format), so the model scores on its own."""
         super()._save(output_dir, state_dict=state_dict)
         if self.scorer is not None and self.args.should_save:
-            save_task_settings(
-                output_dir or self.args.output_dir, self.scorer.labels, self.scorer.data_args, self.scorer.task
-            )
+            save_task_settings(output_dir or self.args.output_dir, self.scorer.labels, self.scorer.input_format)
 
     def answer(self, texts: list[str], labels: list[str] | None = None) -> tuple[list[str], float | None]:
         """The label (score mode) or the decoded answer (generate mode) for each text, across all processes, and,
@@ -368,21 +365,21 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
                 total=len(indices), unit="rows", desc="Scoring labels" if self.eval_mode == "score" else "Answering",
                 disable=self.args.disable_tqdm or not self.is_local_process_zero(), leave=False,
             )  # fmt: skip
-            classifier = PrefixClassifier(  # the API's answering path, on the model being trained
-                self.scorer, self.eval_mode, batch_size, num_beams=self.args.generation_num_beams or 1
+            answerer = Answerer(  # the one answering path (API, --do_predict), on the model being trained
+                self.scorer, self.eval_mode, num_beams=self.args.generation_num_beams or 1
             )
             for start in range(0, len(indices), batch_size):
                 rows = indices[start : start + batch_size]
                 chunk = [texts[i] for i in rows]
                 if self.eval_mode == "score":
-                    ranked, log_scores = classifier.score_batch(chunk)
+                    ranked, log_scores = answerer.score_batch(chunk)
                     answers.extend(best[0]["label"] for best in ranked)
                     if want_loss:
                         gold = [self.scorer.labels.index(labels[i]) for i in rows]
                         loss_sum -= log_scores[torch.arange(len(rows)), gold].double().sum().item()
                         loss_tokens += sum(len(self.scorer.answers[k]) for k in gold)
                 else:
-                    answers.extend(ranked[0]["answer"] for ranked in classifier.answer_batch(chunk, with_scores=False))
+                    answers.extend(ranked[0]["answer"] for ranked in answerer.answer_batch(chunk, with_scores=False))
                 progress.update(len(chunk))
             progress.close()
         if self.accelerator.num_processes > 1:

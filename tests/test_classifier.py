@@ -16,10 +16,10 @@ import pytest
 import torch
 from transformers import T5ForConditionalGeneration
 
+from prefix_tuning_utils.answering import LabelScorer
 from prefix_tuning_utils.arguments import ArgumentError
 from prefix_tuning_utils.classifier import InputFormat, PrefixClassifier
 from prefix_tuning_utils.run_files import TASK_SETTINGS_FILE
-from prefix_tuning_utils.scoring import LabelScorer
 from tests.conftest import REPO
 from tests.helpers import run_main
 
@@ -209,8 +209,8 @@ def test_generate_score_is_the_probability_of_the_sequence_the_model_wrote(train
 
 def test_bad_input_is_refused_with_a_clear_error(tiny_t5_dir, tokenizer):
     model = T5ForConditionalGeneration.from_pretrained(tiny_t5_dir)
-    fmt = InputFormat.from_settings({})
-    classifier = PrefixClassifier(LabelScorer(model, tokenizer, LABELS, fmt, "seq2seq"))
+    fmt = InputFormat.from_settings({}, "seq2seq")
+    classifier = PrefixClassifier(LabelScorer(model, tokenizer, LABELS, fmt))
     assert classifier("fine")[0]["label"] in LABELS
     with pytest.raises(ValueError, match="got an empty list"):
         classifier([])

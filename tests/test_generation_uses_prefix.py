@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import PeftConfig, PeftModel
+from peft import PeftConfig, PeftModel, TaskType, get_peft_model
 from transformers import (
     AutoTokenizer,
     DataCollatorForSeq2Seq,
@@ -21,6 +21,7 @@ from prefix_tuning_utils import compat, patching
 from tests.conftest import REPO
 from tests.helpers import (
     STEPS,
+    VOCAB,
     generate,
     make_models,
     manual_greedy,
@@ -171,3 +172,70 @@ def test_upstream_forward_still_uses_deprecated_keyword(models):
     finally:
         handle.remove()
     assert seen and all("past_key_values" not in keys and "cache" in keys for keys in seen)
+
+
+# --- prompt tuning on a decoder-only model (the same wrapper of prepare_inputs_for_generation) ---
+
+
+def causal_prompt_model():
+    from peft import PromptTuningConfig
+    from transformers import LlamaForCausalLM
+
+    from tests.conftest import tiny_llama_config
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(tiny_llama_config(VOCAB, tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        for param in base.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.3)
+    model = get_peft_model(base, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4)).eval()
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.normal_(0.0, 1.0)
+    return model
+
+
+def causal_manual_greedy(model, prompt: list[int], steps: int = STEPS) -> list[int]:
+    """Greedy decoding by full forward passes through peft's forward (how the model is trained), up to the
+    end-of-sequence token (1) or `steps` tokens."""
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1]
+            ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
+            if ids[0, -1] == 1:
+                break
+    return ids[0, len(prompt) :].tolist()
+
+
+def causal_generate(model, prompts: list[list[int]], **kwargs) -> list[list[int]]:
+    """Left-padded batch through `generate`; the written tokens of each row, up to its end-of-sequence token."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=STEPS, pad_token_id=0, **kwargs)
+    rows = [row[width:] for row in out.tolist()]
+    return [row[: row.index(1) + 1] if 1 in row else row for row in rows]
+
+
+CAUSAL_PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16]]
+
+
+def test_causal_prompt_tuning_generate_equals_manual_loop():
+    model = causal_prompt_model()
+    expected = [causal_manual_greedy(model, prompt) for prompt in CAUSAL_PROMPTS]
+    assert causal_generate(model, CAUSAL_PROMPTS) == expected  # padded batch
+    assert [causal_generate(model, [prompt])[0] for prompt in CAUSAL_PROMPTS] == expected  # one by one
+    with model.disable_adapter():
+        plain = [causal_manual_greedy(model, prompt) for prompt in CAUSAL_PROMPTS]
+    assert plain != expected, "the virtual tokens should change the answers"
+
+
+@pytest.mark.xfail(strict=True, reason="peft 0.21.2 + transformers >= 5.24: prompt tuning re-feeds its virtual tokens")
+def test_upstream_prompt_tuning_generate_still_broken():
+    model = causal_prompt_model()
+    expected = [causal_manual_greedy(model, prompt) for prompt in CAUSAL_PROMPTS]
+    with compat.disabled():
+        got = [causal_generate(model, [prompt])[0] for prompt in CAUSAL_PROMPTS]
+    assert got == expected

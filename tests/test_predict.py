@@ -23,11 +23,12 @@ from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, g
 from transformers import AutoTokenizer, T5ForConditionalGeneration
 
 from prefix_tuning_utils import cli
+from prefix_tuning_utils.answering import LabelScorer
 from prefix_tuning_utils.arguments import ArgumentError, DataTrainingArguments
+from prefix_tuning_utils.input_format import InputFormat
 from prefix_tuning_utils.metrics import classification_metrics, confusion_metrics
 from prefix_tuning_utils.readers import InputReader
 from prefix_tuning_utils.run_files import TASK_SETTINGS_FILE
-from prefix_tuning_utils.scoring import LabelScorer
 from tests.conftest import REPO, tiny_t5_config
 from tests.helpers import run_main
 
@@ -162,7 +163,9 @@ def test_label_scores_equal_one_forward_per_label(tokenizer, method):
         }[method]  # fmt: skip
         model = get_peft_model(model, config)
     model.eval()
-    scorer = LabelScorer(model, tokenizer, LABELS, DataTrainingArguments(test_file=str(QUICKSTART)), "seq2seq")
+    scorer = LabelScorer(
+        model, tokenizer, LABELS, InputFormat.from_args(DataTrainingArguments(test_file=str(QUICKSTART)), "seq2seq")
+    )
     texts = [text for text, _ in quickstart_rows()[:24]]
     torch.testing.assert_close(
         scorer.log_scores(texts), one_forward_per_label(model, scorer, texts), rtol=0, atol=1e-5
@@ -182,12 +185,16 @@ def test_adapter_folder_predicts_with_its_saved_labels_and_source_prefix(prefix_
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     texts = [row["text"] for row in rows]
     with_prefix = DataTrainingArguments(test_file=str(QUICKSTART), source_prefix="sentiment : ")
-    expected = LabelScorer(model, tokenizer, LABELS, with_prefix, "seq2seq").probabilities(texts)
+    expected = LabelScorer(model, tokenizer, LABELS, InputFormat.from_args(with_prefix, "seq2seq")).probabilities(
+        texts
+    )
     got = torch.tensor([[row["probabilities"][label] for label in LABELS] for row in rows])
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     in_training_run = read_rows(adapter_dir)  # --do_train --do_predict: the model in memory, right after training
     assert [(r["line"], r["label"]) for r in in_training_run] == [(r["line"], r["label"]) for r in rows]
-    without = LabelScorer(model, tokenizer, LABELS, DataTrainingArguments(test_file=str(QUICKSTART)), "seq2seq")
+    without = LabelScorer(
+        model, tokenizer, LABELS, InputFormat.from_args(DataTrainingArguments(test_file=str(QUICKSTART)), "seq2seq")
+    )
     assert not torch.allclose(got, without.probabilities(texts), atol=1e-5), "the saved source_prefix was not used"
 
     # Predictions written into the model's own folder: the second run finds them complete (results and state files

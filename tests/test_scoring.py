@@ -13,9 +13,9 @@ from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, g
 from transformers import LlamaForCausalLM, T5ForConditionalGeneration
 
 from prefix_tuning_utils import all_layer_prefix
+from prefix_tuning_utils.answering import LabelScorer
 from prefix_tuning_utils.arguments import DataTrainingArguments
-from prefix_tuning_utils.preprocessing import causal_prompt, seq2seq_source
-from prefix_tuning_utils.scoring import LabelScorer
+from prefix_tuning_utils.input_format import InputFormat
 from tests.conftest import REPO, tiny_llama_config, tiny_t5_config
 
 
@@ -76,7 +76,7 @@ def seq2seq_reference(model, tokenizer, data_args, texts: list[str]) -> torch.Te
     answers = tokenizer(text_target=LABELS)["input_ids"]
     rows = []
     for text in texts:
-        ids = tokenizer([seq2seq_source(data_args, text)], return_tensors="pt")["input_ids"]
+        ids = tokenizer([data_args.source_prefix + text], return_tensors="pt")["input_ids"]
         row = []
         for answer in answers:
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([answer])).logits
@@ -90,7 +90,7 @@ def causal_reference(model, tokenizer, data_args, texts: list[str], answers: lis
     """One whole forward of prompt + answer per sentence and label, unpadded."""
     rows = []
     for text in texts:
-        prompt = tokenizer(causal_prompt(data_args, text))["input_ids"]
+        prompt = tokenizer(data_args.prompt_template.replace("{text}", text))["input_ids"]
         row = []
         for answer in answers:
             ids = torch.tensor([prompt + answer])
@@ -128,7 +128,7 @@ def test_seq2seq_scores_equal_one_forward_per_label(tokenizer, t5_base_state, me
             for prefix in (added.encoder_self_attention, added.cross_attention):
                 prefix.gate.normal_(0.0, 1.0)
     data_args = DataTrainingArguments(test_file=str(QUICKSTART), source_prefix="sentiment : ")
-    scorer = LabelScorer(model, tokenizer, LABELS, data_args, "seq2seq")
+    scorer = LabelScorer(model, tokenizer, LABELS, InputFormat.from_args(data_args, "seq2seq"))
     assert len({len(answer) for answer in scorer.answers}) > 1, "the label words should differ in length"
 
     got = scorer.log_scores(TEXTS)
@@ -145,7 +145,9 @@ def test_seq2seq_scores_equal_one_forward_per_label(tokenizer, t5_base_state, me
 def test_seq2seq_scores_do_not_depend_on_the_batch(tokenizer, t5_base_state):
     model = _adapted(_t5(tokenizer, t5_base_state), "prefix", TaskType.SEQ_2_SEQ_LM, num_layers=2, token_dim=32,
                      num_attention_heads=4)  # fmt: skip
-    scorer = LabelScorer(model, tokenizer, LABELS, DataTrainingArguments(test_file=str(QUICKSTART)), "seq2seq")
+    scorer = LabelScorer(
+        model, tokenizer, LABELS, InputFormat.from_args(DataTrainingArguments(test_file=str(QUICKSTART)), "seq2seq")
+    )
     together = scorer.log_scores(TEXTS)
     alone = torch.cat([scorer.log_scores([text]) for text in TEXTS])
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
@@ -175,7 +177,7 @@ def test_causal_scores_equal_one_forward_per_label(tokenizer, llama_base_state, 
     config = model.config
     assert config.num_key_value_heads < config.num_attention_heads, "grouped-query attention, as in SmolLM2"
     data_args = DataTrainingArguments(test_file=str(QUICKSTART), prompt_template="Sentence : {text} Sentiment :")
-    scorer = LabelScorer(model, tokenizer, LABELS, data_args, "causal")
+    scorer = LabelScorer(model, tokenizer, LABELS, InputFormat.from_args(data_args, "causal"))
     assert len({len(answer) for answer in scorer.answers}) > 1, "the answers should differ in length"
 
     got = scorer.log_scores(TEXTS)

@@ -39,7 +39,7 @@ peft's ``save_pretrained`` / ``from_pretrained``, by patches registered in :mod:
 
 from __future__ import annotations
 
-from .attention import IMPLEMENTATIONS, attach, register_attention_functions
+from .attention import IMPLEMENTATIONS, attach, attach_routed, register_attention_functions
 from .config import (
     ADAPTER_CONFIG_KEY,
     ATTRIBUTE,
@@ -49,7 +49,7 @@ from .config import (
     check_scope_supported,
     read_prefix_scope,
 )
-from .model import AddedPrefix, AllLayerPrefix, get_all_layer_prefix
+from .model import AddedPrefix, AllLayerPrefix, RoutedAllLayerPrefix, get_all_layer_prefix
 from .serialization import disabled
 
 
@@ -62,7 +62,9 @@ __all__ = [
     "WEIGHTS_NAME",
     "AddedPrefix",
     "AllLayerPrefix",
+    "RoutedAllLayerPrefix",
     "attach",
+    "attach_routed",
     "check_scope_supported",
     "disabled",
     "get_all_layer_prefix",

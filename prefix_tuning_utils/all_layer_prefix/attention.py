@@ -15,12 +15,12 @@ from peft import PeftModel, PeftType
 from torch import nn
 
 from .config import ATTRIBUTE, SUPPORTED_MODEL_TYPES
-from .model import AllLayerPrefix, get_all_layer_prefix
+from .model import AllLayerPrefix, RoutedAllLayerPrefix, get_all_layer_prefix
 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMPLEMENTATIONS", "attach", "register_attention_functions"]
+__all__ = ["IMPLEMENTATIONS", "attach", "attach_routed", "register_attention_functions"]
 
 IMPLEMENTATION_PREFIX = "prefix_scope_"
 WRAPPED_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -51,13 +51,20 @@ def _inner_function(name: str, module: nn.Module):
     return function
 
 
-def _prefix_term(module, query, key, value, gate, scaling, dropout):
-    """tanh(gate) * softmax(scaling * q K^T) V per head, as ``batch x query x heads x head_dim``."""
+def _prefix_term(module, query, key, value, gate, scaling, dropout, key_mask=None):
+    """tanh(gate) * softmax(scaling * q K^T) V per head, as ``batch x query x heads x head_dim``.
+
+    One adapter: `key` / `value` are ``heads x tokens x head_dim`` and `gate` ``heads``, broadcast over batch x beams.
+    One adapter per row (:class:`RoutedAllLayerPrefix`): ``batch x heads x tokens x head_dim`` and ``batch x heads``,
+    with `key_mask` (``batch x tokens``, bool) marking each row's real tokens among the padded ones."""
     key, value = key.to(query.dtype), value.to(query.dtype)
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # broadcasts over batch x beams
+    if key_mask is not None:  # a finite minimum, so that a row without tokens gives 0 (times its zero gate), no NaN
+        scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    term = torch.matmul(probs, value) * torch.tanh(gate).to(query.dtype).view(1, -1, 1, 1)
+    gate = torch.tanh(gate).to(query.dtype)
+    term = torch.matmul(probs, value) * gate.view(-1 if gate.dim() == 2 else 1, gate.shape[-1], 1, 1)
     return term.transpose(1, 2)
 
 
@@ -77,12 +84,11 @@ def _make_attention_function(inner_name: str):
             )
         if prefixes._calls is not None:
             prefixes._calls.append((slot.kind, slot.layer, attention_mask is not None))
-        prefix = prefixes.prefix(slot.kind)
-        prefix_key, prefix_value = prefix.layer_key_value(slot.layer)
+        prefix_key, prefix_value, gate, key_mask = prefixes.layer_prefix(slot.kind, slot.layer, batch)
         scaling = kwargs.get("scaling")
         scaling = head_dim**-0.5 if scaling is None else scaling
         term = _prefix_term(
-            module, query, prefix_key, prefix_value, prefix.gate[slot.layer], scaling, kwargs.get("dropout", 0.0)
+            module, query, prefix_key, prefix_value, gate, scaling, kwargs.get("dropout", 0.0), key_mask
         )
         return output + term.to(output.dtype), weights
 
@@ -202,7 +208,7 @@ def _set_guard(base, allowed: tuple[str, ...] | None) -> None:
             stack.__dict__[_GUARD] = allowed
 
 
-def _probe(base, prefixes: AllLayerPrefix, inner_name: str, name: str, slots) -> None:
+def _probe(base, prefixes: AllLayerPrefix | RoutedAllLayerPrefix, inner_name: str, name: str, slots) -> None:
     """One tiny forward pass: every slot must be called with the padding mask, and (gates at zero, as attached) the
     output must be exactly that of the original implementation."""
     device = next(base.parameters()).device
@@ -305,3 +311,44 @@ def attach(peft_model, trainable: bool | None = None) -> AllLayerPrefix:
         name,
     )
     return prefixes
+
+
+class _ZeroGateRows:
+    """Rows for the probe of :func:`attach_routed`: one virtual token per row with gate 0 (no change)."""
+
+    def __init__(self, heads: int, head_dim: int, device):
+        self.heads, self.head_dim, self.device = heads, head_dim, device
+
+    def all_scope(self, kind: str, layer: int, batch: int):
+        key = torch.zeros(batch, self.heads, 1, self.head_dim, device=self.device)
+        gate = torch.zeros(batch, self.heads, device=self.device)
+        return key, key, gate, torch.ones(batch, 1, dtype=torch.bool, device=self.device)
+
+
+def attach_routed(base) -> RoutedAllLayerPrefix:
+    """Make a T5 model take encoder self-attention and cross-attention prefixes per row, from the
+    :class:`RoutedAllLayerPrefix` returned (``answering.AdapterBank`` sets its rows for each batch). Checked by the
+    same probing forward pass as :func:`attach`; the attention implementation is guarded the same way."""
+    _interfaces()
+    slots = _attention_slots(base)
+    inner_name, name = _implementations(base)
+    routed = RoutedAllLayerPrefix()
+    owner = weakref.ref(routed)
+    base.__dict__["_prefix_scope_routed"] = routed  # the slots hold weak references: the model keeps it alive
+    for kind, layer, module in slots:
+        module.__dict__[_SLOT] = _Slot(owner, kind, layer)
+    base.set_attn_implementation(name)
+    _install_guard(base)
+    attention = slots[0][2]
+    routed.rows = _ZeroGateRows(attention.n_heads, attention.key_value_proj_dim, next(base.parameters()).device)
+    try:
+        _probe(base, routed, inner_name, name, slots)
+    except Exception:
+        for _, _, module in slots:
+            module.__dict__.pop(_SLOT, None)
+        base.set_attn_implementation(inner_name)
+        _set_guard(base, None)
+        raise
+    finally:
+        routed.rows = None
+    return routed

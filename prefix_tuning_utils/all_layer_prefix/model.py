@@ -9,7 +9,7 @@ from torch import nn
 from .config import ATTRIBUTE, WEIGHTS_NAME
 
 
-__all__ = ["AddedPrefix", "AllLayerPrefix", "get_all_layer_prefix"]
+__all__ = ["AddedPrefix", "AllLayerPrefix", "RoutedAllLayerPrefix", "get_all_layer_prefix"]
 
 
 class AddedPrefix(nn.Module):
@@ -121,6 +121,12 @@ class AllLayerPrefix(nn.Module):
     def prefix(self, kind: str) -> AddedPrefix:
         return getattr(self, kind)
 
+    def layer_prefix(self, kind: str, layer: int, batch: int):
+        """(keys, values, gate, key mask) of one layer, shared by the whole batch (no mask)."""
+        prefix = self.prefix(kind)
+        key, value = prefix.layer_key_value(layer)
+        return key, value, prefix.gate[layer], None
+
     def flat_state(self) -> dict[str, torch.Tensor]:
         """What is saved: the flat prefix table and the raw gate (the model uses tanh(gate)) of each kind."""
         state = {}
@@ -136,6 +142,23 @@ class AllLayerPrefix(nn.Module):
             raise ValueError(f"{WEIGHTS_NAME} holds {sorted(state)}; expected {sorted(expected)}.")
         for kind in self.KINDS:
             self.prefix(kind).load_flat(state[f"{kind}.prefix"], state[f"{kind}.gate"])
+
+
+class RoutedAllLayerPrefix:
+    """The prefixes of a batch whose rows read different adapters (an ``answering.AdapterBank``): while
+    :attr:`rows` is set, each attention call takes every row's own keys, values and gate from it (rows without an
+    ``all`` adapter have gate 0); with :attr:`rows` None the model runs as the base model."""
+
+    def __init__(self):
+        self.rows = None  # an object with all_scope(kind, layer, batch) -> (keys, values, gate, key mask)
+        self._calls = None  # a list while attach_routed() probes the model
+
+    @property
+    def active(self) -> bool:
+        return self.rows is not None
+
+    def layer_prefix(self, kind: str, layer: int, batch: int):
+        return self.rows.all_scope(kind, layer, batch)
 
 
 def get_all_layer_prefix(peft_model) -> AllLayerPrefix | None:
