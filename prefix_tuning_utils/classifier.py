@@ -15,7 +15,7 @@ others'; a batch may mix them):
 
 `from_pretrained` takes anything `run_prefix_tuning.py` wrote (an adapter of any --tuning_method, --prefix_scope
 all, or a fully fine-tuned model; seq2seq or decoder-only) and finds its base model, label words and input format
-through :func:`modeling.find_trained_model`, exactly as `--do_eval` / `--do_predict` without `--do_train` do. A
+through :func:`run_folder.find_trained_model`, exactly as `--do_eval` / `--do_predict` without `--do_train` do. A
 mapping ``{name: folder or Hub id[@revision]}`` loads several adapters onto one base model
 (:class:`~prefix_tuning_utils.answering.AdapterBank`): prefix tuning (``--prefix_scope decoder`` or ``all``) and
 prompt tuning adapters, of any ``--num_virtual_tokens``; they must share the base model (name and revision, or the

@@ -1,7 +1,7 @@
 """The Trainer: `Seq2SeqTrainer` made exact for prefix tuning, with our own evaluation and safe checkpoints.
 
 Besides what follows, :class:`PrefixTuningTrainer` evaluates by label scoring or generation for any model type
-(:mod:`prefix_tuning_utils.scoring`), writes checkpoints that hold what training needs (the whole prefix encoder
+(:mod:`prefix_tuning_utils.answering`), writes checkpoints that hold what training needs (the whole prefix encoder
 of `--prefix_projection` runs, a completion mark), and stops on a NaN/inf loss or weight without saving it.
 
 Under data parallelism (DDP, FSDP, DeepSpeed):
