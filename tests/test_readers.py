@@ -5,6 +5,7 @@ Batch prediction of these files end to end (predictions.jsonl, exit code 2) is i
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -130,3 +131,188 @@ def test_file_encoding_flag_and_its_old_name(tmp_path):
     assert parse_args(argv + ["--file_encoding", "utf-8"])[1].file_encoding == "utf-8"
     with pytest.raises(ArgumentError, match="--file_encoding 'utf-9' is not an encoding Python knows"):
         parse_args(argv + ["--file_encoding", "utf-9"])
+
+
+# --- rows read exactly: each expectation below is a literal, written by hand from the file's bytes ---
+
+
+def rows_of(path, labels=LABELS, **kwargs) -> list[tuple[int, str, str | None, str | None]]:
+    return [(row.line, row.text, row.gold, row.error) for row in InputReader(str(path), labels, **kwargs)]
+
+
+def test_txt_line_splits_on_its_last_at_sign(tmp_path):
+    """The README: a line is `sentence@label` split on the *last* `@`; an `@` inside the sentence stays in it."""
+    path = tmp_path / "at.txt"
+    path.write_text(
+        "Write to ir@acme.com for the report .@neutral\nProfit @ Acme rose ; see @ir@positive\na@b@c@negative\n",
+        encoding="utf-8",
+    )
+    assert rows_of(path) == [
+        (1, "Write to ir@acme.com for the report .", "neutral", None),
+        (2, "Profit @ Acme rose ; see @ir", "positive", None),
+        (3, "a@b@c", "negative", None),
+    ]
+    data = read_data_file(str(path), data_args(train_file=str(path)), LABELS)  # training reads the same rows
+    assert data.texts == ["Write to ir@acme.com for the report .", "Profit @ Acme rose ; see @ir", "a@b@c"]
+    assert data.labels == ["neutral", "positive", "negative"]
+
+
+def test_txt_bare_sentences_with_an_at_sign_keep_their_whole_text(tmp_path):
+    """After the last `@` is no single word: the whole line is the sentence, with no label (prediction input)."""
+    path = tmp_path / "bare.txt"
+    path.write_text("Mail mail@example.com today\nMeet at @ 3 pm .\nPrice rose 5 % @ 12.5\n", encoding="utf-8")
+    assert rows_of(path) == [
+        (1, "Mail mail@example.com today", None, None),
+        (2, "Meet at @ 3 pm .", None, None),
+        (3, "Price rose 5 % @ 12.5", None, None),
+    ]
+
+
+BOM = "\ufeff"
+BOM_FILES = {
+    "txt": "Profit rose .@positive\nSales fell .@negative\n",
+    "csv": "sentence,label\nProfit rose .,positive\nSales fell .,negative\n",
+    "jsonl": '{"sentence": "Profit rose .", "label": "positive"}\n{"sentence": "Sales fell .", "label": "negative"}\n',
+    "json": '[{"sentence": "Profit rose .", "label": "positive"}, {"sentence": "Sales fell .", "label": "negative"}]',
+}
+
+
+@pytest.mark.parametrize("suffix", list(BOM_FILES))
+@pytest.mark.parametrize("encoding", ["auto", "utf-8"])
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_row(tmp_path, suffix, encoding):
+    """Windows tools (Notepad, Excel's "CSV UTF-8") start a file with a byte-order mark: the first text must not
+    start with it, and a CSV header's first column must still be found."""
+    path = tmp_path / f"bom.{suffix}"
+    path.write_bytes((BOM + BOM_FILES[suffix]).encode("utf-8"))
+    expected = [(1, "Profit rose .", "positive", None), (2, "Sales fell .", "negative", None)]
+    if suffix == "csv":
+        expected = [(2, "Profit rose .", "positive", None), (3, "Sales fell .", "negative", None)]
+    assert rows_of(path, encoding=encoding) == expected
+    data = read_data_file(str(path), data_args(train_file=str(path), file_encoding=encoding), LABELS)
+    assert data.texts == ["Profit rose .", "Sales fell ."] and data.labels == ["positive", "negative"]
+
+
+def test_a_byte_order_mark_after_the_start_is_text(tmp_path):
+    """Only the file's first bytes are a byte-order mark; U+FEFF elsewhere is a character of the sentence."""
+    path = tmp_path / "inner.txt"
+    path.write_bytes(f"One .@positive\nT{BOM}wo .@negative\n".encode())
+    assert rows_of(path) == [(1, "One .", "positive", None), (2, f"T{BOM}wo .", "negative", None)]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl", "json"])
+def test_labels_with_spaces_around_them_are_the_label_word(tmp_path, suffix):
+    path = tmp_path / f"spaces.{suffix}"
+    cells = [("Profit rose .", " positive "), ("Sales fell .", "negative  "), ("Flat .", "\tneutral"), ("Id .", " 2 ")]
+    if suffix == "csv":
+        path.write_text("sentence , label\n" + "".join(f"{t},{lab}\n" for t, lab in cells), encoding="utf-8")
+    else:
+        items = [{"sentence": t, "label": lab} for t, lab in cells]
+        path.write_text(
+            "".join(json.dumps(i) + "\n" for i in items) if suffix == "jsonl" else json.dumps(items), encoding="utf-8"
+        )
+    first = 2 if suffix == "csv" else 1
+    assert rows_of(path) == [
+        (first, "Profit rose .", "positive", None),
+        (first + 1, "Sales fell .", "negative", None),
+        (first + 2, "Flat .", "neutral", None),
+        (first + 3, "Id .", "positive", None),  # class id 2 of --label_words
+    ]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_label_set_seen_in_the_data_is_of_stripped_words(tmp_path, suffix):
+    """Without --label_words the label set is the words seen: "positive", not " positive " beside "positive"."""
+    path = tmp_path / f"seen.{suffix}"
+    cells = [("Up .", "positive"), ("Up again .", " positive "), ("Down .", "negative "), ("Down again .", "negative")]
+    if suffix == "csv":
+        path.write_text("sentence,label\n" + "".join(f"{t},{lab}\n" for t, lab in cells), encoding="utf-8")
+    else:
+        path.write_text("".join(json.dumps({"sentence": t, "label": lab}) + "\n" for t, lab in cells))
+    splits, labels = get_datasets(DataTrainingArguments(train_file=str(path), validation_file=str(path)))
+    assert labels == ["negative", "positive"]
+    assert splits["train"].labels == ["positive", "positive", "negative", "negative"]
+
+
+def test_crlf_blank_lines_and_line_numbers(tmp_path):
+    """Windows line ends are no part of a label or text; blank lines are no rows but count in the line numbers."""
+    txt = tmp_path / "crlf.txt"
+    txt.write_bytes(b"Profit rose .@positive\r\n\r\n   \r\nSales fell .@negative\r\nNo label here .\r\n")
+    assert rows_of(txt) == [
+        (1, "Profit rose .", "positive", None),
+        (4, "Sales fell .", "negative", None),
+        (5, "No label here .", None, None),
+    ]
+    csv_path = tmp_path / "crlf.csv"
+    csv_path.write_bytes(
+        b'sentence,label\r\nProfit rose .,positive\r\n,\r\n"Two\r\nlines",neutral\r\n"Three\r\n\r\nlines",negative\r\n'
+        b"Last .,positive\r\n"
+    )
+    assert rows_of(csv_path) == [
+        (2, "Profit rose .", "positive", None),
+        (4, "Two\r\nlines", "neutral", None),  # a quoted cell keeps its line break; the row starts on line 4
+        (6, "Three\r\n\r\nlines", "negative", None),
+        (9, "Last .", "positive", None),
+    ]
+    jsonl = tmp_path / "crlf.jsonl"
+    jsonl.write_bytes(
+        b'{"sentence": "Up .", "label": "positive"}\r\n\r\n{"sentence": "Down .", "label": "negative"}\r\n'
+    )
+    assert rows_of(jsonl) == [(1, "Up .", "positive", None), (3, "Down .", "negative", None)]
+
+
+@pytest.mark.parametrize(
+    "label, gold, error",
+    [
+        (True, None, "label True is not a label word or class id"),  # JSON true is no class id 1
+        (False, None, "label False is not a label word or class id"),
+        (1.0, None, "label 1.0 is not a label word or class id"),
+        (0, "negative", None),
+        (2, "positive", None),
+        (3, None, "class id 3 is outside 0..2 (--label_words negative,neutral,positive)"),
+        (-1, None, "class id -1 is outside 0..2 (--label_words negative,neutral,positive)"),
+        ("1", "neutral", None),
+        (None, None, None),
+        ("", None, None),
+        (["positive"], None, "label ['positive'] is not a label word or class id"),
+    ],
+)
+def test_json_label_values(tmp_path, label, gold, error):
+    path = tmp_path / "labels.jsonl"
+    path.write_text(json.dumps({"sentence": "Profit rose .", "label": label}) + "\n", encoding="utf-8")
+    assert rows_of(path) == [(1, "Profit rose .", gold, error)]
+
+
+def test_integer_labels_need_label_words(tmp_path):
+    path = tmp_path / "ids.jsonl"
+    path.write_text('{"sentence": "Up .", "label": 2}\n', encoding="utf-8")
+    assert rows_of(path, labels=None) == [(1, "Up .", None, "integer label 2; pass --label_words to name the classes")]
+
+
+def test_csv_columns_first_of_two_of_one_name_short_rows_and_blank_records(tmp_path):
+    path = tmp_path / "cols.csv"
+    path.write_text(
+        "label,sentence,sentence,extra\n"
+        "positive,First text .,Second text .,x\n"
+        ",,,\n"  # blank record: no row
+        "negative,Short row .\n"  # fewer cells than columns: the missing ones are empty
+        "neutral\n",  # no text cell at all
+        encoding="utf-8",
+    )
+    assert rows_of(path) == [
+        (2, "First text .", "positive", None),
+        (4, "Short row .", "negative", None),
+        (5, "", "neutral", "empty text in column 'sentence'"),
+    ]
+
+
+def test_json_data_key_and_row_numbers(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(
+        json.dumps({"data": [{"sentence": "One .", "label": "neutral"}, {"text": "x"}, {"sentence": " Three . "}]}),
+        encoding="utf-8",
+    )
+    assert rows_of(path) == [
+        (1, "One .", "neutral", None),
+        (2, "", None, "no field 'sentence' (found: text); set --text_column"),
+        (3, "Three .", None, None),
+    ]
