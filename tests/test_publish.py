@@ -484,3 +484,95 @@ def test_no_file_holding_the_token_is_uploaded_final_or_checkpoint(fake, publish
                      global_step=step), None)  # fmt: skip
     assert {"adapter_model.safetensors", "last-checkpoint/trainer_state.json"} <= set(fake.files(repo))
     assert not any(name.endswith(".bin") for name in fake.files(repo))
+
+
+# --- the secret check, on every kind of file that is uploaded -------------------------------------------------------
+
+# What a finished run publishes, by kind, written out by hand (hub.py's allow-list must pick exactly these).
+PUBLISHED = {
+    "adapter": ["adapter_model.safetensors", "adapter_config.json", "all_layer_prefix.safetensors", "prefix_tuning.json"],
+    "tokenizer": [
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "spiece.model",
+        "sentencepiece.bpe.model", "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja",
+    ],
+    "results": ["all_results.json", "train_results.json", "eval_results.json", "predict_results.json"],
+    "card": ["README.md", "confusion_matrix.png", "loss_curve.png"],
+}  # fmt: skip
+PUBLISHED_FILES = sorted(name for names in PUBLISHED.values() for name in names)
+# Files of a run folder that are never published.
+NOT_PUBLISHED = ["training_args.bin", "run_record.json", "trainer_state.json", "optimizer.pt", "notes.txt",
+                 "predictions.jsonl", "predictions.state.json", "prefix_encoder.safetensors"]  # fmt: skip
+# A checkpoint's resumable state, pushed with --hub_strategy checkpoint / all_checkpoints.
+CHECKPOINT_STATE = [
+    "trainer_state.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "scaler.pt",
+    "rng_state.pth",
+    "rng_state_1.pth",
+]
+
+
+def fill_folder(folder, names, token: str | None = None, leaky: str | None = None):
+    """Write `names` into `folder` (binary-looking content for weights and PNGs); `leaky` gets `token` inside."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        content = b"\x89PNG\r\n\x1a\n\x00\x01" if name.endswith(".png") else f'{{"name": "{name}"}}\n'.encode()
+        if name == leaky:
+            content += b"\x00" + token.encode() + b"\x00"
+        (folder / name).write_bytes(content)
+
+
+def test_the_allow_list_publishes_every_kind_and_nothing_else(tmp_path):
+    fill_folder(tmp_path, PUBLISHED_FILES + NOT_PUBLISHED)
+    (tmp_path / "checkpoint-2").mkdir()
+    fill_folder(tmp_path / "checkpoint-2", ["adapter_model.safetensors"])
+    (tmp_path / "base_model").mkdir()
+    assert hub_module.files_to_publish(tmp_path) == PUBLISHED_FILES
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    with FakeHub(hub_cache=tmp_path / "hub_cache") as hub:
+        yield hub
+
+
+def assert_nothing_pushed(hub, token: str) -> None:
+    assert [r.path for r in hub.requests if "/commit/" in r.path or "/preupload/" in r.path] == []
+    assert hub.uploads == [] and token.encode() not in hub.all_uploaded_bytes()
+
+
+@pytest.mark.parametrize("leaky", PUBLISHED_FILES)
+def test_a_token_in_any_published_file_stops_the_push_with_nothing_uploaded(tmp_path, empty_hub, leaky):
+    token = f"hf_test_{secrets.token_hex(12)}"
+    run = tmp_path / "run"
+    fill_folder(run, PUBLISHED_FILES + NOT_PUBLISHED, token, leaky)
+    settings = hub_module.HubSettings(push_to_hub=True, model_id="fake-user/leaky", token=token, output_dir=str(run))
+    names = tuple(hub_module.files_to_publish(run))
+    with pytest.raises(hub_module.PushError) as error:
+        hub_module.upload(settings, [(str(run), "", names)], "final push")
+    assert str(error.value) == f"refusing to upload {run / leaky}: it contains the Hub token. Nothing was pushed."
+    assert_nothing_pushed(empty_hub, token)
+    # The same folder without the token goes through, every file in one commit (the check is no blanket refusal).
+    fill_folder(run, [leaky])
+    count, _ = hub_module.upload(settings, [(str(run), "", names)], "final push")
+    assert count == len(PUBLISHED_FILES) and sorted(empty_hub.files("fake-user/leaky")) == PUBLISHED_FILES
+
+
+@pytest.mark.parametrize("strategy", ["checkpoint", "all_checkpoints"])
+@pytest.mark.parametrize("leaky", ["adapter_model.safetensors", "tokenizer.json", *CHECKPOINT_STATE])
+def test_a_token_in_any_checkpoint_file_stops_that_push(tmp_path, empty_hub, caplog, strategy, leaky):
+    token = f"hf_test_{secrets.token_hex(12)}"
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    fill_folder(checkpoint, ["adapter_model.safetensors", "adapter_config.json", "tokenizer.json",
+                             "training_args.bin", *CHECKPOINT_STATE], token, leaky)  # fmt: skip
+    settings = hub_module.HubSettings(
+        push_to_hub=True, model_id="fake-user/ckpt", token=token, strategy=strategy, output_dir=str(tmp_path / "run")
+    )
+    callback = hub_module.HubCheckpointCallback(settings)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=4)
+    with caplog.at_level("WARNING", logger="prefix_tuning_utils.hub"):
+        callback.on_save(SimpleNamespace(output_dir=str(tmp_path / "run")), state, None)
+    assert f"refusing to upload {checkpoint / leaky}: it contains the Hub token" in caplog.text
+    assert_nothing_pushed(empty_hub, token)
