@@ -576,3 +576,33 @@ def test_a_token_in_any_checkpoint_file_stops_that_push(tmp_path, empty_hub, cap
         callback.on_save(SimpleNamespace(output_dir=str(tmp_path / "run")), state, None)
     assert f"refusing to upload {checkpoint / leaky}: it contains the Hub token" in caplog.text
     assert_nothing_pushed(empty_hub, token)
+
+
+@pytest.mark.parametrize(
+    "base, extra, kind",
+    [
+        ("fake-user/tiny-llama", [], "causal model with --tuning_method prefix"),
+        ("fake-user/tiny-llama", ["--tuning_method", "lora"], "causal model with --tuning_method lora"),
+        (BASE_REPO, ["--tuning_method", "full"], "seq2seq model with --tuning_method full"),
+    ],
+)
+def test_push_to_hub_of_a_model_the_push_cannot_carry_is_refused_up_front(
+    fake, tiny_llama_dir, tmp_path, monkeypatch, capsys, base, extra, kind
+):
+    """Decoder-only models and full fine-tuning: one line, exit code 2, nothing written, nothing pushed."""
+    if not fake.repo_exists("fake-user/tiny-llama"):
+        HfApi(token="hf_test_uploader").create_repo("fake-user/tiny-llama")
+        HfApi(token="hf_test_uploader").upload_folder(repo_id="fake-user/tiny-llama", folder_path=tiny_llama_dir)
+    requests_before = len(fake.requests)
+    out = tmp_path / "run"
+    argv = training_argv(out, "fake-user/not-carried", "--model_name_or_path", base, *extra)
+    code, stderr = run_cli(monkeypatch, capsys, argv)
+    (line,) = error_lines(stderr)
+    assert code == 2 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert line == (
+        "error: --push_to_hub publishes seq2seq adapters (the model card and its snippets are written for them); "
+        f"this run is a {kind}. Drop --push_to_hub."
+    )
+    assert not out.exists()
+    assert not fake.repo_exists("fake-user/not-carried")
+    assert [r for r in fake.requests[requests_before:] if r.method != "GET" and r.method != "HEAD"] == []
