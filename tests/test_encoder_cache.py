@@ -167,3 +167,24 @@ def test_trainer_refuses_models_whose_encoder_training_can_change(tiny_t5_dir):
     ):
         with pytest.raises(ArgumentError, match="--cache_encoder_outputs needs peft's prefix tuning"):
             check_encoder_cacheable(model, True)
+
+
+def test_trainer_refuses_a_prefix_in_every_layer(tiny_t5_dir):
+    """--prefix_scope all puts a prefix in the encoder: its output changes in training, so no cache (the trainer's
+    own check, for callers that bypass the argument checks; the argument check is above)."""
+    from transformers import T5ForConditionalGeneration
+
+    from prefix_tuning_utils.arguments import PrefixArguments
+    from prefix_tuning_utils.modeling import build_model, build_peft_config
+    from prefix_tuning_utils.trainer import check_encoder_cacheable
+
+    for scope in ("decoder", "all"):
+        base = T5ForConditionalGeneration.from_pretrained(tiny_t5_dir)
+        args = PrefixArguments(num_virtual_tokens=4, prefix_scope=scope)
+        model = build_model(base, build_peft_config(base.config, args), scope)
+        assert not any(p.requires_grad for p in model.get_base_model().get_encoder().parameters())  # the premise
+        if scope == "decoder":
+            check_encoder_cacheable(model, True)
+        else:
+            with pytest.raises(ArgumentError, match="--cache_encoder_outputs needs peft's prefix tuning with "):
+                check_encoder_cacheable(model, True)
