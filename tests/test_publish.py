@@ -606,3 +606,15 @@ def test_push_to_hub_of_a_model_the_push_cannot_carry_is_refused_up_front(
     assert not out.exists()
     assert not fake.repo_exists("fake-user/not-carried")
     assert [r for r in fake.requests[requests_before:] if r.method != "GET" and r.method != "HEAD"] == []
+
+
+def test_without_hub_token_the_login_token_is_checked_too(tmp_path, empty_hub, monkeypatch):
+    """No --hub_token: the push uses the token of `hf auth login` (HF_TOKEN here), which no file may hold either."""
+    token = f"hf_test_{secrets.token_hex(12)}"
+    monkeypatch.setenv("HF_TOKEN", token)
+    run = tmp_path / "run"
+    fill_folder(run, PUBLISHED_FILES, token, "eval_results.json")
+    settings = hub_module.HubSettings(push_to_hub=True, model_id="fake-user/leaky", token=None, output_dir=str(run))
+    with pytest.raises(hub_module.PushError, match="eval_results.json: it contains the Hub token"):
+        hub_module.upload(settings, [(str(run), "", tuple(PUBLISHED_FILES))], "final push")
+    assert_nothing_pushed(empty_hub, token)
