@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut 3.x) of one module against the fast tests that cover it, in a scratch copy of the repo:
 #
-#   tools/mutation.sh MODULE [GIT_REF]      # MODULE: readers, metrics, hub, predict, scoring, classifier, trainer, cli
+#   tools/mutation.sh MODULE [GIT_REF|-] [FUNCTION...]
+#
+# MODULE: readers, metrics, hub, predict, scoring, classifier, trainer, cli. FUNCTION names (a function, or a method
+# as Class.method) limit the run to the mutants of those functions (`-` for no GIT_REF):
+#   tools/mutation.sh hub - _refuse_secrets upload _select files_to_publish
 #
 # The settings shared by every module are setup.cfg's [mutmut] section; which tests cover each module is its
 # [mutation] section (pytest node ids or -k expressions). With GIT_REF, the tests come from that commit instead of
@@ -12,6 +16,16 @@
 set -euo pipefail
 module=${1:?usage: tools/mutation.sh MODULE [GIT_REF]}
 ref=${2:-}
+[ "$ref" = "-" ] && ref=""
+shift $(( $# < 2 ? $# : 2 ))
+patterns=()
+for function in "$@"; do  # mutmut names a function's mutants module.x_name__mutmut_N, a method's module.xǁClassǁname__mutmut_N
+    if [[ $function == *.* ]]; then
+        patterns+=("prefix_tuning_utils.$module.xǁ${function%%.*}ǁ${function#*.}__mutmut_*")
+    else
+        patterns+=("prefix_tuning_utils.$module.x_${function}__mutmut_*")
+    fi
+done
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 work="$root/build/mutation/$module${ref:+-$(git -C "$root" rev-parse --short "$ref")}"
 [ -f "$root/prefix_tuning_utils/$module.py" ] || { echo "no module prefix_tuning_utils/$module.py" >&2; exit 2; }
@@ -54,10 +68,13 @@ cd "$work"
 export FINANCIAL_PHRASEBANK_DIR=${FINANCIAL_PHRASEBANK_DIR:-$root/../shared/data/financial_phrasebank}
 unset PYTHONPATH  # mutmut puts its mutated copy first on sys.path
 export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1  # setup.cfg's [mutmut] says why
-nice -n 15 mutmut run --max-children "${MUTATION_PROCESSES:-2}" > mutmut.log 2>&1 || { tail -40 mutmut.log; exit 1; }
+nice -n 15 mutmut run --max-children "${MUTATION_PROCESSES:-2}" "${patterns[@]}" > mutmut.log 2>&1 ||
+    { tail -c 3000 mutmut.log; exit 1; }
 mutmut results --all true > results.txt
 python - <<'PY'
 import collections, re
 counts = collections.Counter(line.rsplit(": ", 1)[1].strip() for line in open("results.txt") if ": " in line)
-print(f"mutants {sum(counts.values())}, " + ", ".join(f"{key} {value}" for key, value in sorted(counts.items())))
+skipped = counts.pop("not checked", 0)  # mutants of functions outside the FUNCTION names
+print(f"mutants {sum(counts.values())}, " + ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
+      + (f" ({skipped} of other functions not run)" if skipped else ""))
 PY
