@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from types import SimpleNamespace
 
 import pytest
 
@@ -316,3 +317,120 @@ def test_json_data_key_and_row_numbers(tmp_path):
         (2, "", None, "no field 'sentence' (found: text); set --text_column"),
         (3, "Three .", None, None),
     ]
+
+
+# --- round two: what mutation testing (tools/mutation.sh readers) showed no test checked ---
+
+
+def test_rows_of_an_in_memory_split_are_checked_like_a_files(tmp_path):
+    """--do_predict on a Hub dataset's test split reads LabelledData: texts stripped, labels parsed, bad rows named."""
+    data = readers.LabelledData(
+        [" Profit rose . ", "Sales fell .", "   ", "Flat .", "Odd ."],
+        [" positive ", "0", "neutral", None, "bullish"],
+        [0, 1, 2, 3, 4],
+        "fpb[test]",
+    )
+    assert rows_of_data(data) == [
+        (0, "Profit rose .", "positive", None),
+        (1, "Sales fell .", "negative", None),  # class id 0 of --label_words
+        (2, "", "neutral", "empty text"),
+        (3, "Flat .", None, None),
+        (4, "Odd .", None, "label 'bullish' is not one of negative, neutral, positive"),
+    ]
+
+
+def rows_of_data(data):
+    return [(row.line, row.text, row.gold, row.error) for row in InputReader(data, LABELS)]
+
+
+def test_json_objects_that_are_no_rows(tmp_path):
+    path = tmp_path / "odd.jsonl"
+    path.write_text(
+        '{"sentence": null, "label": "positive"}\n"just a string"\n{}\n{"sentence": 12, "label": "neutral"}\n',
+        encoding="utf-8",
+    )
+    assert rows_of(path) == [
+        (1, "", "positive", "empty text in field 'sentence'"),  # null is no text (not the text "None")
+        (2, "", None, "expected an object with 'sentence', got str"),
+        (3, "", None, "no field 'sentence' (found: nothing); set --text_column"),
+        (4, "12", "neutral", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("rows.json", b'{"rows": [{"sentence": "Up ."}]}', "{path}: expected a JSON list of objects (or {{\"data\": [...]}})."),
+        ("scalar.json", b"42", "{path}: expected a JSON list of objects (or {{\"data\": [...]}})."),
+        ("broken.json", b'[\n{"sentence": "Up ."},\n{"sentence": }\n]', "{path}:3: malformed JSON (Expecting value)."),
+        ("bytes.json", b'[\n{"sentence": "Up ."},\n{"sentence": "Caf\xe9"}\n]', "{path}:3: bytes that are not utf-8."),
+        ("empty.csv", b"", "{path} is empty."),
+        ("blank.txt", b"\n  \n\n", "{path} holds no examples."),
+        ("nocol.csv", b"text,label\nUp .,positive\n", "{path}:1: no column 'sentence' (found: text, label); set --text_column."),
+        ("nolabel.csv", b"sentence,gold\nUp .,positive\n", "{path}:1: no column 'label' (found: sentence, gold); set --label_column."),
+    ],
+)  # fmt: skip
+def test_files_that_cannot_be_read_are_one_line_naming_file_and_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ArgumentError) as error:
+        read_data_file(str(path), SimpleNamespace(text_column="sentence", label_column="label", file_encoding="utf-8"),
+                       LABELS)  # fmt: skip
+    assert str(error.value) == message.format(path=path)
+
+
+def test_prediction_csv_needs_a_text_column_but_no_label_column(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("sentence\nUp .\nDown .\n", encoding="utf-8")
+    assert rows_of(path) == [(2, "Up .", None, None), (3, "Down .", None, None)]
+    path.write_text("text,label\nUp .,positive\n", encoding="utf-8")
+    with pytest.raises(
+        ArgumentError, match=r"in.csv:1: no column 'sentence' \(found: text, label\); set --text_column"
+    ):
+        rows_of(path)
+
+
+def test_messages_name_the_lines_of_both_failed_encodings(tmp_path, caplog):
+    path = tmp_path / "quotes.txt"
+    path.write_bytes(b"Caf\xe9 ok .\nPlain .\nThe \x93new\x94 plant .\n")
+    with pytest.raises(ArgumentError) as error:
+        detect_encoding(str(path))
+    assert str(error.value) == (
+        f"{path} is neither UTF-8 (line 1: byte 0xe9 is not UTF-8) nor ISO-8859-1 text (line 3: byte 0x93 is a "
+        "control character in ISO-8859-1); save it as UTF-8, or pass --file_encoding with its encoding (cp1252 for "
+        "Windows-1252)."
+    )
+    with caplog.at_level(logging.INFO, logger="prefix_tuning_utils.readers"):
+        assert detect_encoding(str(path), "cp1252") == "cp1252"
+    assert f"Reading {path} as cp1252 (--file_encoding)." in caplog.text
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_bytes(b"Plain .\n" + "Jyväskylä .\n".encode() + b"Caf\xe9 .\n")
+    with caplog.at_level(logging.INFO, logger="prefix_tuning_utils.readers"):
+        assert detect_encoding(str(mixed)) == "iso-8859-1"
+    assert (
+        f"{mixed} is read as ISO-8859-1 (line 3: byte 0xe9 is not UTF-8), but line 2 looks like UTF-8: if the file is "
+        "UTF-8, fix that byte (or pass --file_encoding utf-8 to have every such line reported)."
+    ) in caplog.text
+    assert f"Reading {mixed} as ISO-8859-1 (line 3: byte 0xe9 is not UTF-8)." in caplog.text
+
+
+def test_a_txt_label_that_is_no_label_word_says_how_the_line_was_read(tmp_path):
+    path = tmp_path / "mention.txt"
+    path.write_text("Shares moved , says @analyst\nNo label here .\n", encoding="utf-8")
+    rows = rows_of(path)
+    assert rows[0][3] == (
+        "label 'analyst' is not one of negative, neutral, positive (a .txt line whose text after the last `@` is one "
+        "word is `sentence@label`)"
+    )
+    with pytest.raises(ArgumentError) as error:
+        read_data_file(str(path), data_args(train_file=str(path)), LABELS)
+    assert str(error.value).startswith(f"{path}:1: label 'analyst' is not one of")
+    path.write_text("Up .@positive\nNo label here .\n", encoding="utf-8")
+    with pytest.raises(ArgumentError) as error:
+        read_data_file(str(path), data_args(train_file=str(path)), LABELS)
+    assert str(error.value) == (
+        f"{path}:2: no `@` and label word after the sentence; training and evaluation data need `sentence@label` lines "
+        "(a file of bare sentences can only be scored, with --do_predict)."
+    )
+    path.write_text("Up .@positive\n", encoding="utf-8")
+    assert read_data_file(str(path), data_args(train_file=str(path)), LABELS).source == str(path)
