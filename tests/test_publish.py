@@ -576,6 +576,14 @@ def test_a_token_in_any_checkpoint_file_stops_that_push(tmp_path, empty_hub, cap
         callback.on_save(SimpleNamespace(output_dir=str(tmp_path / "run")), state, None)
     assert f"refusing to upload {checkpoint / leaky}: it contains the Hub token" in caplog.text
     assert_nothing_pushed(empty_hub, token)
+    # Without the token: the adapter at the repo's root, the resumable state in its folder, never the pickle.
+    fill_folder(checkpoint, [leaky])
+    callback.on_save(SimpleNamespace(output_dir=str(tmp_path / "run")), state, None)
+    folder = {"checkpoint": "last-checkpoint", "all_checkpoints": "checkpoint-4"}[strategy]
+    adapter = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json"]
+    assert sorted(empty_hub.files("fake-user/ckpt")) == sorted(
+        adapter + [f"{folder}/{name}" for name in adapter + CHECKPOINT_STATE]
+    )
 
 
 @pytest.mark.parametrize(
@@ -618,3 +626,31 @@ def test_without_hub_token_the_login_token_is_checked_too(tmp_path, empty_hub, m
     with pytest.raises(hub_module.PushError, match="eval_results.json: it contains the Hub token"):
         hub_module.upload(settings, [(str(run), "", tuple(PUBLISHED_FILES))], "final push")
     assert_nothing_pushed(empty_hub, token)
+
+
+def test_hub_settings_are_taken_whole_from_the_training_arguments(tmp_path, monkeypatch):
+    """What --push_to_hub publishes where: a private repo stays private, a branch is pushed to, the strategy kept;
+    the default repo name is the output folder's."""
+    monkeypatch.chdir(tmp_path)
+    argv = [a for a in training_argv(tmp_path / "my-run") if a != "--push_to_hub"]
+    argv += ["--push_to_hub", "--hub_private_repo", "true", "--hub_revision", "dev", "--hub_strategy", "checkpoint",
+             "--hub_token", "hf_test_private"]  # fmt: skip
+    model_args, _, _, _, training_args = parse_args(argv)
+    settings = hub_module.take_hub_settings(training_args, model_args)
+    assert (settings.push_to_hub, settings.model_id, settings.private, settings.revision, settings.strategy) == (
+        True, "my-run", True, "dev", "checkpoint"
+    )  # fmt: skip
+    assert (settings.token, settings.output_dir) == ("hf_test_private", str(tmp_path / "my-run"))
+    assert training_args.push_to_hub is False and training_args.hub_token is None
+
+
+def test_push_to_hub_refuses_a_base_model_given_as_a_relative_folder(tmp_path, tiny_t5_dir, monkeypatch):
+    """A folder named relative to the current directory is as local as an absolute one."""
+    import shutil
+
+    shutil.copytree(tiny_t5_dir, tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    argv = training_argv(tmp_path / "run", "me/x") + ["--model_name_or_path", "base"]
+    with pytest.raises(ArgumentError, match="--push_to_hub: the adapter's base model is the local folder base, "):
+        run_prefix_tuning.main(argv)
+    assert not (tmp_path / "run").exists()
