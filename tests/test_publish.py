@@ -654,3 +654,17 @@ def test_push_to_hub_refuses_a_base_model_given_as_a_relative_folder(tmp_path, t
     with pytest.raises(ArgumentError, match="--push_to_hub: the adapter's base model is the local folder base, "):
         run_prefix_tuning.main(argv)
     assert not (tmp_path / "run").exists()
+
+
+def test_upload_goes_to_the_branch_asked_for_and_skips_a_missing_folder(tmp_path, empty_hub):
+    run = tmp_path / "run"
+    fill_folder(run, ["adapter_config.json", "adapter_model.safetensors"])
+    settings = hub_module.HubSettings(
+        push_to_hub=True, model_id="fake-user/branchy", revision="dev", output_dir=str(run)
+    )
+    patterns = ("adapter_config.json", "adapter_model.safetensors")
+    assert hub_module.upload(settings, [(str(tmp_path / "missing"), "", patterns)], "nothing") == (0, None)
+    count, _ = hub_module.upload(settings, [(str(run), "", patterns)], "to the branch")
+    assert count == 2
+    assert sorted(empty_hub.files("fake-user/branchy", revision="dev")) == sorted(patterns)
+    assert empty_hub.files("fake-user/branchy") == {}  # not on main
