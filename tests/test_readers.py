@@ -434,3 +434,27 @@ def test_a_txt_label_that_is_no_label_word_says_how_the_line_was_read(tmp_path):
     )
     path.write_text("Up .@positive\n", encoding="utf-8")
     assert read_data_file(str(path), data_args(train_file=str(path)), LABELS).source == str(path)
+
+
+def test_control_characters_and_found_fields_in_csv_and_json_rows(tmp_path):
+    """Round three: a text with control characters (a Windows-1252 file read as ISO-8859-1) is a bad row in every
+    format, and a missing field names every field found."""
+    jsonl = tmp_path / "odd.jsonl"
+    jsonl.write_text(
+        '{"sentence": "The \\u0093new\\u0094 plant", "label": "neutral"}\n{"text": "x", "id": 1}\n', encoding="utf-8"
+    )
+    assert rows_of(jsonl) == [
+        (1, "The \x93new\x94 plant", "neutral", "control characters in the text (a file in another encoding? pass "
+         "--file_encoding)"),
+        (2, "", None, "no field 'sentence' (found: text, id); set --text_column"),
+    ]  # fmt: skip
+    csv_path = tmp_path / "odd.csv"
+    csv_path.write_bytes(b"sentence,label\nThe \x93new\x94 plant,neutral\n")
+    assert rows_of(csv_path, encoding="iso-8859-1")[0][3].startswith("control characters in the text")
+    csv_path.write_text("sentence,note\nUp .,x\n", encoding="utf-8")
+    with pytest.raises(ArgumentError, match=r"no column 'label' \(found: sentence, note\); set --label_column\.$"):
+        read_data_file(str(csv_path), data_args(train_file=str(csv_path)), LABELS)
+    csv_path.write_text("sentence,label\n" + "x" * 140_000 + ",neutral\n", encoding="utf-8")
+    with pytest.raises(ArgumentError) as error:
+        rows_of(csv_path)
+    assert str(error.value) == f"{csv_path}:2: malformed CSV (field larger than field limit (131072))."
