@@ -155,6 +155,10 @@ def test_gold_values_outside_the_label_set_are_never_right():
     got = metrics.classification_metrics(["x", "y", "negative"], ["bullish", "bearish", "negative"], WORDS)
     assert got["accuracy"] == pytest.approx(1 / 3) and got["invalid_rate"] == pytest.approx(2 / 3)
     assert metrics.confusion_matrix(["negative"], ["bullish"], WORDS) == [[0, 0, 0, 0]] * 3
+    counted = metrics.confusion_metrics(
+        {"bullish": {None: 1}, "bearish": {None: 1}, "negative": {"negative": 1}}, WORDS
+    )
+    assert counted["accuracy"] == pytest.approx(1 / 3) and counted["invalid_rate"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match=r"^2 predictions for 1 references\.$"):
         metrics.classification_metrics(["a", "b"], ["a"], WORDS)
 
