@@ -211,7 +211,10 @@ def upload(settings: HubSettings, parts: list[tuple[str, str, tuple[str, ...]]],
     ]
     if not files:
         return 0, None
-    _refuse_secrets([path for path, _ in files], [settings.token])
+    from huggingface_hub import get_token
+
+    # Without --hub_token the push uses the token of `hf auth login` (or HF_TOKEN): that one must not leave either.
+    _refuse_secrets([path for path, _ in files], [settings.token or get_token()])
     api = _get_api(settings)
     repo_id = _ensure_repo(api, settings)
     operations = [CommitOperationAdd(path_in_repo=in_repo, path_or_fileobj=path) for path, in_repo in files]

@@ -19,6 +19,22 @@ import prefix_tuning_utils  # noqa: E402,F401  (applies the generation compatibi
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# Markers of tests that need GPUs, and how many. Whatever `-m` expression selects them, such a test is skipped, with
+# the reason, on a machine with fewer CUDA devices (`python -m pytest -m "not slow"` passes on a CPU machine).
+GPU_MARKERS = {"gpu": 1, "multi_gpu": 2}
+
+
+def pytest_collection_modifyitems(config, items):
+    available = torch.cuda.device_count()
+    for item in items:
+        for name, needed in GPU_MARKERS.items():
+            if item.get_closest_marker(name) is not None and available < needed:
+                item.add_marker(
+                    pytest.mark.skip(reason=f"@{name} needs {needed} CUDA GPU(s); this machine has {available}")
+                )
+                break
+
+
 PHRASEBANK_ENV = "FINANCIAL_PHRASEBANK_DIR"
 REQUIRE_DATA_ENV = "PREFIX_TUNING_REQUIRE_DATA"
 

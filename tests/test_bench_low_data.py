@@ -1,5 +1,6 @@
 """benchmarks/bench_low_data.py: nested stratified subsets, the step rule, one `--quick` cell on a tiny Llama, resume."""
 
+import json
 from collections import Counter
 
 import bench_low_data as bench  # benchmarks/ is on pytest's pythonpath (setup.cfg)
@@ -56,6 +57,12 @@ def test_quick_cell_runs_once_and_a_rerun_resumes(tmp_path, tiny_llama_dir, phra
     row = rows[0]
     assert (row["method"], row["size"], row["seed"], row["epochs"]) == ("prefix", 32, 1, 25)
     assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["macro_f1"] <= 1.0
+    # The evaluation size: the cell writes the 227 held-out sentences, and --max_eval_samples 32 (the run's own
+    # flag) evaluates the first 32 of them; the 2-step training saw the 32 sentences of the size-32 subset.
+    run = json.loads((tmp_path / "w" / bench.cell_name(row) / "run" / "all_results.json").read_text())
+    assert (run["eval_samples"], run["train_samples"], row["heldout"]) == (32, 32, 227)
+    held_out = (tmp_path / "w" / bench.cell_name(row) / "heldout.txt").read_bytes()
+    assert len(held_out.decode("iso-8859-1").splitlines()) == 227
     per_token = bench.parameters_per_virtual_token(AutoConfig.from_pretrained(tiny_llama_dir))
     assert row["trainable"] == 8 * per_token, "the per-token count must match what peft trains"
     assert row["virtual_tokens"] == 8, "the row records the prefix length the run trained, not the recipe's"

@@ -254,6 +254,93 @@ def test_dtype_is_applied(trained):
     assert sum(a["score"] for a in answers) == pytest.approx(1.0, abs=1e-3)
 
 
+# --- generate mode: what the model wrote, matched to a label word (case and spaces only) ---
+
+# What the model writes -> the label it counts as: literals, with the model's output fixed by the test.
+WRITTEN = [
+    ("positive", "positive"),
+    (" Positive ", "positive"),
+    ("POSITIVE", "positive"),
+    ("positive\n", "positive"),
+    ("  NeGaTiVe", "negative"),
+    ("neutral  ", "neutral"),
+    ("posi tive", None),  # a space inside is another word
+    ("positive.", None),
+    ("positively", None),
+    ("positive neutral", None),
+    ("not positive", None),
+    ("", None),
+]
+
+
+def test_generate_mode_matches_the_written_answer_to_a_label_word(tiny_t5_dir, tokenizer, monkeypatch):
+    scorer = LabelScorer(
+        T5ForConditionalGeneration.from_pretrained(tiny_t5_dir), tokenizer, LABELS, InputFormat.from_settings({}),
+        "seq2seq",
+    )  # fmt: skip
+    texts = [f"Sentence number {i} ." for i in range(len(WRITTEN))]
+    writes = {text: written for text, (written, _) in zip(texts, WRITTEN)}
+    monkeypatch.setattr(scorer, "generate", lambda batch, **kwargs: [writes[text] for text in batch])
+    answers = PrefixClassifier(scorer, mode="generate", batch_size=5)(texts)
+    assert [(a["answer"], a["label"]) for a in answers] == WRITTEN
+    # The score: the probability of writing exactly that label word (its label's), else of writing none of them.
+    written = torch.exp(scorer.log_scores(texts))
+    for answer, probabilities in zip(answers, written):
+        expected = 1.0 - float(probabilities.sum())
+        if answer["label"] is not None:
+            expected = float(probabilities[LABELS.index(answer["label"])])
+        assert answer["score"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_generate_mode_collapses_spaces_inside_a_label_of_several_words(tiny_t5_dir, tokenizer, monkeypatch):
+    labels = ["very negative", "neutral", "very positive"]
+    scorer = LabelScorer(
+        T5ForConditionalGeneration.from_pretrained(tiny_t5_dir), tokenizer, labels, InputFormat.from_settings({}),
+        "seq2seq",
+    )  # fmt: skip
+    written = ["very   positive", " Very\tNegative", "verypositive", "very positive ."]
+    monkeypatch.setattr(scorer, "generate", lambda batch, **kwargs: written[: len(batch)])
+    answers = PrefixClassifier(scorer, mode="generate")([f"Text {i} ." for i in range(len(written))])
+    assert [a["label"] for a in answers] == ["very positive", "very negative", None, None]
+
+
+def test_do_predict_generate_mode_counts_written_answers_as_labels(tiny_t5_dir, tmp_path, monkeypatch):
+    """--do_predict --predict_mode generate with the model's answers fixed: labels, accuracy, invalid rate and the
+    confusion matrix are hand counts."""
+    rows = [  # text, gold, what the model writes, the label it counts as
+        ("Acme profit rose .", "positive", " Positive ", "positive"),
+        ("Acme sales fell .", "negative", "NEGATIVE", "negative"),
+        ("Acme is flat .", "neutral", "neu tral", None),
+        ("Borealis profit rose .", "positive", "positive.", None),
+        ("Borealis sales fell .", "negative", "Neutral", "neutral"),
+        ("Fjord is flat .", "neutral", "neutral\n", "neutral"),
+    ]
+    writes = {text: written for text, _, written, _ in rows}
+    monkeypatch.setattr(LabelScorer, "generate", lambda self, batch, **kwargs: [writes[text] for text in batch])
+    test_file = tmp_path / "news.txt"
+    test_file.write_text("".join(f"{text}@{gold}\n" for text, gold, _, _ in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    run_main(
+        ["--model_name_or_path", tiny_t5_dir, "--label_words", ",".join(LABELS), "--test_file", test_file,
+         "--output_dir", out, "--do_predict", "--predict_mode", "generate", "--report_to", "none",
+         "--per_device_eval_batch_size", "4"]
+    )  # fmt: skip
+    assert [(r["line"], r["answer"], r["label"], r["gold"]) for r in read_rows(out)] == [
+        (line, written, label, gold) for line, (_, gold, written, label) in enumerate(rows, start=1)
+    ]
+    results = json.loads((out / "predict_results.json").read_text())
+    assert results["predict_accuracy"] == 0.5 and results["predict_invalid_rate"] == pytest.approx(2 / 6)
+    assert results["predict_confusion_matrix"] == {
+        "negative": {"negative": 1, "neutral": 1, "positive": 0, "(no label)": 0},
+        "neutral": {"negative": 0, "neutral": 1, "positive": 0, "(no label)": 1},
+        "positive": {"negative": 0, "neutral": 0, "positive": 1, "(no label)": 1},
+    }
+    # F1 by hand: negative P 1/1 R 1/2 -> 2/3; neutral P 1/2 R 1/2 -> 1/2; positive P 1/1 R 1/2 -> 2/3.
+    assert results["predict_f1_negative"] == pytest.approx(2 / 3)
+    assert results["predict_f1_neutral"] == pytest.approx(1 / 2)
+    assert results["predict_macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+
+
 @pytest.mark.gpu
 def test_gpu_answers_equal_cpu(trained):
     folder = str(trained("t5-prefix") / "model")

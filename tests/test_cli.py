@@ -155,3 +155,22 @@ def test_script_is_a_shim_over_the_package():
     assert code == ["from prefix_tuning_utils.cli import cli", 'if __name__ == "__main__":', "    cli()"]
     assert "prefix-tuning = prefix_tuning_utils.cli:cli" in (REPO / "setup.cfg").read_text()
     assert sys.modules["prefix_tuning_utils.cli"] is cli
+
+
+# ------------------------------------------------------------------------------------------ the --max_*_samples caps
+def test_each_max_samples_flag_caps_its_own_split(tmp_path, tiny_t5_dir):
+    """The quickstart's 162 sentences: 145 train, 17 held out (10 %); a test file of 162. Each cap applies to its own
+    split only, and the validation split is held out of the whole training file, not of the capped rows."""
+    common = ["--model_name_or_path", tiny_t5_dir, "--train_file", QUICKSTART_DATA, "--do_train", "--do_eval",
+              "--report_to", "none", "--disable_tqdm", "true"]  # fmt: skip
+    argv = [*common, "--output_dir", tmp_path / "all", "--max_steps", "1", "--save_strategy", "no", "--eval_mode",
+            "score", "--max_train_samples", "24", "--max_eval_samples", "6", "--max_predict_samples", "3",
+            "--do_predict", "--test_file", QUICKSTART_DATA]  # fmt: skip
+    cli.main([str(a) for a in argv])
+    results = json.loads((tmp_path / "all" / "all_results.json").read_text())
+    assert (results["train_samples"], results["eval_samples"], results["predict_rows"]) == (24, 6, 3)
+    # One cap alone leaves the other splits whole (checked before any weight is loaded).
+    for flag, sizes in (("--max_train_samples", (24, 17)), ("--max_eval_samples", (145, 5))):
+        value = str(sizes[0] if flag == "--max_train_samples" else sizes[1])
+        run = cli.resolve_and_validate([str(a) for a in [*common, "--output_dir", tmp_path / flag, flag, value]])
+        assert (len(run.splits["train"]), len(run.splits["validation"])) == sizes, flag

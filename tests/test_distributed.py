@@ -339,3 +339,50 @@ def test_sample_count_mismatch_fails():
     metrics = {"eval_samples": 17}
     set_sample_count(metrics, "eval", 17)
     assert metrics == {"eval_samples": 17}
+
+
+@pytest.mark.parametrize("projection", [False, True], ids=["prefix", "prefix_projection"])
+def test_fsdp2_sharded_prefix_is_saved_whole_in_process(tmp_path, projection):
+    """The fast counterpart of the FSDP test above: one gloo process in this process, the prefix-tuned tiny T5
+    sharded with torch FSDP2 (`fully_shard`, one unit per T5Block): its parameters are DTensors, on which plain peft
+    cannot compute the prefix; `whole_prefix_for_saving` saves exactly the prefix of the unsharded model.
+
+    FSDP1 is left to the slow test: with one process torch switches FSDP1 to NO_SHARD, so nothing would be
+    gathered there."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+    from transformers.models.t5.modeling_t5 import T5Block
+
+    from prefix_tuning_utils.arguments import PrefixArguments
+    from prefix_tuning_utils.modeling import build_model, build_peft_config
+    from prefix_tuning_utils.checkpointing import whole_prefix_for_saving
+    from tests.conftest import tiny_t5_config
+
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = T5ForConditionalGeneration(tiny_t5_config(100))
+        args = PrefixArguments(num_virtual_tokens=6, prefix_projection=projection, encoder_hidden_size=16)
+        peft_model = build_model(model, build_peft_config(model.config, args))
+        with torch.no_grad():  # a prefix no initialisation gives
+            for param in peft_model.prompt_encoder["default"].parameters():
+                param.add_(torch.linspace(-1, 1, param.numel()).view_as(param))
+        reference = peft_model.get_prompt_embedding_to_save("default").detach().clone()
+        for module in peft_model.modules():
+            if isinstance(module, T5Block):
+                fully_shard(module)
+        wrapped = fully_shard(peft_model)
+        encoder_params = list(peft_model.prompt_encoder["default"].parameters())
+        assert encoder_params and all(isinstance(p, DTensor) for p in encoder_params)  # really sharded
+        with pytest.raises(RuntimeError, match="mixed torch.Tensor and DTensor"):  # the upstream failure
+            peft_model.get_prompt_embedding_to_save("default")
+        with whole_prefix_for_saving(peft_model, wrapped):
+            peft_model.save_pretrained(tmp_path / "adapter")
+        saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")["prompt_embeddings"]
+        assert saved.shape == (6, 2 * 2 * 32)  # virtual tokens x (layers x key/value x d_model)
+        torch.testing.assert_close(saved, reference, rtol=0, atol=1e-6)
+        assert "get_prompt_embedding_to_save" not in vars(peft_model)  # peft's own method is back after the block
+    finally:
+        dist.destroy_process_group()

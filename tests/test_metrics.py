@@ -102,3 +102,83 @@ def test_confusion_matrix_png(tmp_path):
     image = imread(path)
     assert image.shape[:2] == (400, 640)  # 100 dpi: 1.1 in per gold row, 1.3 in per column
     assert (image[..., :3] < 0.5).any()  # something dark was drawn (the 7 cell)
+
+
+# --- round two: what mutation testing (tools/mutation.sh metrics) showed no test checked ---
+
+WORDS = ["negative", "neutral", "positive"]  # in this order below
+# Counts with cells above 1 (batch prediction weighs each cell by its count): gold rows, predicted columns.
+WEIGHTED = {
+    "negative": {"negative": 3, "neutral": 1, "positive": 0, None: 0},
+    "neutral": {"negative": 0, "neutral": 2, "positive": 0, None: 2},
+    "positive": {"negative": 1, "neutral": 0, "positive": 1, None: 0},
+}
+
+
+def test_confusion_metrics_weigh_each_cell_by_its_count():
+    """By hand: 10 rows, 6 right, 2 answered no label. negative P 3/4 R 3/4; neutral P 2/3 R 2/4; positive P 1 R 1/2."""
+    got = metrics.confusion_metrics(WEIGHTED, WORDS)
+    f1 = {"negative": 0.75, "neutral": 4 / 7, "positive": 2 / 3}
+    assert got == pytest.approx(
+        {"accuracy": 0.6, "invalid_rate": 0.2, **{f"f1_{k}": v for k, v in f1.items()}, "macro_f1": sum(f1.values()) / 3,
+         "samples": 10}
+    )  # fmt: skip
+
+
+def test_label_report_weighs_counts_and_keeps_a_label_with_no_example():
+    counts = [[3, 1, 0, 0], [0, 2, 0, 2], [1, 0, 1, 0]]  # WEIGHTED as confusion_matrix's rows
+    report = metrics.label_report(counts, WORDS)
+    assert report == [
+        {"label": "negative", "precision": 0.75, "recall": 0.75, "f1": 0.75, "support": 4},
+        {
+            "label": "neutral",
+            "precision": pytest.approx(2 / 3),
+            "recall": 0.5,
+            "f1": pytest.approx(4 / 7),
+            "support": 4,
+        },
+        {"label": "positive", "precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2},
+    ]
+    no_positive = metrics.label_report([[3, 1, 0, 0], [1, 2, 0, 0], [0, 0, 0, 0]], WORDS)
+    assert [(r["label"], r["precision"], r["recall"], r["support"]) for r in no_positive] == [
+        ("negative", 0.75, 0.75, 4),
+        ("neutral", pytest.approx(2 / 3), pytest.approx(2 / 3), 3),
+        ("positive", 0.0, 0.0, 0),
+    ]
+    assert metrics.label_report([[0] * 4] * 3, WORDS) == [
+        {"label": label, "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0} for label in WORDS
+    ]
+
+
+def test_gold_values_outside_the_label_set_are_never_right():
+    """Two different unknown gold values answered with no label word: both wrong (1 of 3 right)."""
+    got = metrics.classification_metrics(["x", "y", "negative"], ["bullish", "bearish", "negative"], WORDS)
+    assert got["accuracy"] == pytest.approx(1 / 3) and got["invalid_rate"] == pytest.approx(2 / 3)
+    assert metrics.confusion_matrix(["negative"], ["bullish"], WORDS) == [[0, 0, 0, 0]] * 3
+    counted = metrics.confusion_metrics(
+        {"bullish": {None: 1}, "bearish": {None: 1}, "negative": {"negative": 1}}, WORDS
+    )
+    assert counted["accuracy"] == pytest.approx(1 / 3) and counted["invalid_rate"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match=r"^2 predictions for 1 references\.$"):
+        metrics.classification_metrics(["a", "b"], ["a"], WORDS)
+
+
+def test_compute_metrics_decodes_generated_ids_and_padded_labels(tokenizer):
+    """Seq2SeqTrainer hands compute_metrics token ids: predictions padded with the pad token or -100 (gathered across
+    processes), labels with -100; special tokens are not part of the answer."""
+    from transformers import EvalPrediction
+
+    def ids(words: list[str], width: int, pad: int) -> np.ndarray:
+        rows = [tokenizer(text_target=word)["input_ids"] for word in words]
+        return np.asarray([row + [pad] * (width - len(row)) for row in rows])
+
+    answers = ["positive", "negative", "neutral", "positive"]
+    references = ["positive", "neutral", "neutral", "negative"]
+    predictions = ids(answers, 6, -100)
+    predictions[1, -1] = tokenizer.pad_token_id
+    compute_metrics = metrics.build_compute_metrics(tokenizer, WORDS)
+    assert compute_metrics.last_answers is None
+    got = compute_metrics(EvalPrediction(predictions=(predictions, None), label_ids=ids(references, 5, -100)))
+    assert compute_metrics.last_answers == (answers, references)
+    assert got["accuracy"] == 0.5 and got["invalid_rate"] == 0.0 and got["samples"] == 4
+    assert got["f1_neutral"] == pytest.approx(2 / 3)  # P 1/1, R 1/2

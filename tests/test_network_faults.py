@@ -179,3 +179,32 @@ def test_adapter_from_the_hub_still_loads_when_the_hub_works(tmp_path, tiny_t5_d
 def test_other_errors_are_not_taken_for_hub_failures():
     assert describe_hub_failure(ValueError("bad value")) is None
     assert describe_hub_failure(OSError("disk full")) is None
+
+
+def test_a_silent_hub_request_gives_up_after_the_bound(monkeypatch):
+    """The bound itself, in the fast suite: after `bound_hub_timeouts()`, a request of huggingface_hub's shared
+    client to a server that accepts and never answers fails after READ_TIMEOUT (0.5 s here), even when the caller
+    asks for no timeout at all (as `HfApi.model_info` does)."""
+    import threading
+
+    from huggingface_hub.utils import get_session
+
+    network.bound_hub_timeouts()
+    outcome: dict = {}
+
+    def request(url):
+        started = time.monotonic()
+        try:
+            get_session().get(f"{url}/api/models/someone/model", timeout=None)
+        except Exception as err:  # noqa: BLE001 - the test reads which one
+            outcome["error"] = err
+        outcome["seconds"] = time.monotonic() - started
+
+    with faulty_hub("hang") as url:
+        thread = threading.Thread(target=request, args=(url,), daemon=True)
+        thread.start()
+        thread.join(15)
+        assert not thread.is_alive(), "no bound: the request still waited after 15 s"
+    assert "Timeout" in type(outcome.get("error")).__name__, outcome
+    assert 0.4 < outcome["seconds"] < 10, outcome
+    assert describe_hub_failure(outcome["error"])[0].endswith("in time (network timeout)")

@@ -363,16 +363,25 @@ def test_encodings_utf8_and_iso_8859_1_with_no_flag_and_neither_exits_2(
 # --- resuming ---
 
 
-def test_resume_after_a_partial_write_and_refusal_of_other_predictions(full_model_dir, tmp_path):
+def test_resume_after_a_partial_write_and_refusal_of_other_predictions(full_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "out"
     argv = predict_argv(full_model_dir, QUICKSTART, out, "--predict_chunk_size", "32")
     run_main(argv)
     complete = read_rows(out)
-    # Interrupted mid-write: 50 complete rows and half of the 51st.
+    # Interrupted mid-write: 50 complete rows and half of the 51st. The 50 kept rows carry a sentinel, which a resume
+    # that recomputed them would lose.
     lines = (out / "predictions.jsonl").read_bytes().splitlines(keepends=True)
-    (out / "predictions.jsonl").write_bytes(b"".join(lines[:50]) + lines[50][:20])
+    kept = [json.dumps({**json.loads(line), "sentinel": i}).encode() + b"\n" for i, line in enumerate(lines[:50])]
+    (out / "predictions.jsonl").write_bytes(b"".join(kept) + lines[50][:20])
+    answered = []
+    original = LabelScorer.log_scores
+    monkeypatch.setattr(LabelScorer, "log_scores", lambda self, texts: answered.extend(texts) or original(self, texts))
     run_main(argv)
+    monkeypatch.undo()
+    assert len(answered) == 162 - 50  # only the rows after the 50 complete ones were answered
+    assert answered[0] != complete[0]["text"] and set(answered) == {r["text"] for r in complete[50:]}
     resumed = read_rows(out)
+    assert [r.pop("sentinel", None) for r in resumed] == list(range(50)) + [None] * 112
     assert [r["line"] for r in resumed] == [r["line"] for r in complete] == list(range(1, 163))
     assert [r["label"] for r in resumed] == [r["label"] for r in complete]
     for a, b in zip(resumed, complete):
@@ -386,6 +395,72 @@ def test_resume_after_a_partial_write_and_refusal_of_other_predictions(full_mode
         run_main(argv + ["--predict_mode", "generate"])
     run_main(predict_argv(full_model_dir, other, out, "--overwrite_predictions"))
     assert read_rows(out)[0]["text"].startswith("Gamma Freight")
+
+
+NEWS = [f"{COMPANIES[i % 4]} reported {i} new orders in the quarter ." for i in range(20)]
+
+
+def interrupted_predictions(model, out, *flags) -> bytes:
+    """Predict NEWS (bare sentences) with `flags`, then cut predictions.jsonl to 9 rows and part of the 10th, as a
+    run killed mid-write leaves it; returns the bytes left."""
+    test_file = out.parent / "news.txt"
+    test_file.write_text("".join(text + "\n" for text in NEWS), encoding="utf-8")
+    run_main(predict_argv(model, test_file, out, "--predict_chunk_size", "8", *flags))
+    lines = (out / "predictions.jsonl").read_bytes().splitlines(keepends=True)
+    assert len(lines) == 20
+    (out / "predictions.jsonl").write_bytes(b"".join(lines[:9]) + lines[9][:15])
+    return (out / "predictions.jsonl").read_bytes()
+
+
+WORDS = ["--label_words", ",".join(LABELS)]
+
+
+@pytest.mark.parametrize(
+    "model, first, second, changed",
+    [
+        ("tiny_t5_dir", [*WORDS, "--source_prefix", "sentiment : "], [*WORDS, "--source_prefix", "mood : "],
+         "source_prefix"),
+        ("tiny_t5_dir", [*WORDS, "--source_prefix", "sentiment : "], WORDS, "source_prefix"),
+        ("tiny_t5_dir", [*WORDS, "--max_source_length", "64"], [*WORDS, "--max_source_length", "6"],
+         "max_source_length"),
+        ("tiny_llama_dir", WORDS, [*WORDS, "--prompt_template", "Text: {text}\nLabel:"], "prompt_template"),
+        ("tiny_t5_dir", WORDS, ["--label_words", "bad,so-so,good"], "labels"),
+        ("tiny_t5_dir", WORDS, ["--label_words", "positive,neutral,negative"], "labels"),
+        ("tiny_t5_dir", WORDS, [*WORDS, "--predict_mode", "generate", "--generation_num_beams", "2"],
+         "num_beams, predict_mode"),
+    ],
+)  # fmt: skip
+def test_resuming_with_settings_that_change_the_answers_is_refused(request, tmp_path, model, first, second, changed):
+    """A rerun with another input format or label set would mix answers of two settings in one file: refused,
+    naming what changed, with the file left as it was; the first settings still resume it."""
+    model_dir = request.getfixturevalue(model)
+    out = tmp_path / "out"
+    left = interrupted_predictions(model_dir, out, *first)
+    with pytest.raises(ArgumentError, match=rf"with other settings \(changed: {changed}\); pass --overwrite_pred"):
+        run_main(predict_argv(model_dir, tmp_path / "news.txt", out, "--predict_chunk_size", "8", *second))
+    assert (out / "predictions.jsonl").read_bytes() == left
+    run_main(predict_argv(model_dir, tmp_path / "news.txt", out, "--predict_chunk_size", "8", *first))
+    assert [row["text"] for row in read_rows(out)] == NEWS
+
+
+def test_resuming_after_the_input_was_edited_or_the_model_retrained_in_place_is_refused(tiny_t5_dir, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_t5_dir, model_dir)
+    out = tmp_path / "out"
+    left = interrupted_predictions(model_dir, out, *WORDS)
+    argv = predict_argv(model_dir, tmp_path / "news.txt", out, "--predict_chunk_size", "8", *WORDS)
+    news = tmp_path / "news.txt"
+    news.write_text(news.read_text().replace("reported 3 new", "reported 4 new"), encoding="utf-8")
+    with pytest.raises(ArgumentError, match=r"\(changed: input_digest\)"):
+        run_main(argv)
+    news.write_text("".join(text + "\n" for text in NEWS), encoding="utf-8")
+    model = T5ForConditionalGeneration.from_pretrained(model_dir)  # trained further, saved over the same folder
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)
+    model.save_pretrained(model_dir)
+    with pytest.raises(ArgumentError, match=r"\(changed: base_model_files, model_files\)"):
+        run_main(argv)
+    assert (out / "predictions.jsonl").read_bytes() == left
 
 
 # --- acceptance 2: kill -9 part-way through 20,000 rows, restart, every row exactly once, in order ---

@@ -481,3 +481,187 @@ def test_no_file_holding_the_token_is_uploaded_final_or_checkpoint(fake, publish
                      global_step=step), None)  # fmt: skip
     assert {"adapter_model.safetensors", "last-checkpoint/trainer_state.json"} <= set(fake.files(repo))
     assert not any(name.endswith(".bin") for name in fake.files(repo))
+
+
+# --- the secret check, on every kind of file that is uploaded -------------------------------------------------------
+
+# What a finished run publishes, by kind, written out by hand (hub.py's allow-list must pick exactly these).
+PUBLISHED = {
+    "adapter": ["adapter_model.safetensors", "adapter_config.json", "all_layer_prefix.safetensors", "prefix_tuning.json"],
+    "tokenizer": [
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "spiece.model",
+        "sentencepiece.bpe.model", "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja",
+    ],
+    "results": ["all_results.json", "train_results.json", "eval_results.json", "predict_results.json"],
+    "card": ["README.md", "confusion_matrix.png", "loss_curve.png"],
+}  # fmt: skip
+PUBLISHED_FILES = sorted(name for names in PUBLISHED.values() for name in names)
+# Files of a run folder that are never published.
+NOT_PUBLISHED = ["training_args.bin", "run_record.json", "trainer_state.json", "optimizer.pt", "notes.txt",
+                 "predictions.jsonl", "predictions.state.json", "prefix_encoder.safetensors"]  # fmt: skip
+# A checkpoint's resumable state, pushed with --hub_strategy checkpoint / all_checkpoints.
+CHECKPOINT_STATE = [
+    "trainer_state.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "scaler.pt",
+    "rng_state.pth",
+    "rng_state_1.pth",
+]
+
+
+def fill_folder(folder, names, token: str | None = None, leaky: str | None = None):
+    """Write `names` into `folder` (binary-looking content for weights and PNGs); `leaky` gets `token` inside."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        content = b"\x89PNG\r\n\x1a\n\x00\x01" if name.endswith(".png") else f'{{"name": "{name}"}}\n'.encode()
+        if name == leaky:
+            content += b"\x00" + token.encode() + b"\x00"
+        (folder / name).write_bytes(content)
+
+
+def test_the_allow_list_publishes_every_kind_and_nothing_else(tmp_path):
+    fill_folder(tmp_path, PUBLISHED_FILES + NOT_PUBLISHED)
+    (tmp_path / "checkpoint-2").mkdir()
+    fill_folder(tmp_path / "checkpoint-2", ["adapter_model.safetensors"])
+    (tmp_path / "base_model").mkdir()
+    assert hub_module.files_to_publish(tmp_path) == PUBLISHED_FILES
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    with FakeHub(hub_cache=tmp_path / "hub_cache") as hub:
+        yield hub
+
+
+def assert_nothing_pushed(hub, token: str) -> None:
+    assert [r.path for r in hub.requests if "/commit/" in r.path or "/preupload/" in r.path] == []
+    assert hub.uploads == [] and token.encode() not in hub.all_uploaded_bytes()
+
+
+@pytest.mark.parametrize("leaky", PUBLISHED_FILES)
+def test_a_token_in_any_published_file_stops_the_push_with_nothing_uploaded(tmp_path, empty_hub, leaky):
+    token = f"hf_test_{secrets.token_hex(12)}"
+    run = tmp_path / "run"
+    fill_folder(run, PUBLISHED_FILES + NOT_PUBLISHED, token, leaky)
+    settings = hub_module.HubSettings(push_to_hub=True, model_id="fake-user/leaky", token=token, output_dir=str(run))
+    names = tuple(hub_module.files_to_publish(run))
+    with pytest.raises(hub_module.PushError) as error:
+        hub_module.upload(settings, [(str(run), "", names)], "final push")
+    assert str(error.value) == f"refusing to upload {run / leaky}: it contains the Hub token. Nothing was pushed."
+    assert_nothing_pushed(empty_hub, token)
+    # The same folder without the token goes through, every file in one commit (the check is no blanket refusal).
+    fill_folder(run, [leaky])
+    count, _ = hub_module.upload(settings, [(str(run), "", names)], "final push")
+    assert count == len(PUBLISHED_FILES) and sorted(empty_hub.files("fake-user/leaky")) == PUBLISHED_FILES
+
+
+@pytest.mark.parametrize("strategy", ["checkpoint", "all_checkpoints"])
+@pytest.mark.parametrize("leaky", ["adapter_model.safetensors", "tokenizer.json", *CHECKPOINT_STATE])
+def test_a_token_in_any_checkpoint_file_stops_that_push(tmp_path, empty_hub, caplog, strategy, leaky):
+    token = f"hf_test_{secrets.token_hex(12)}"
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    fill_folder(checkpoint, ["adapter_model.safetensors", "adapter_config.json", "tokenizer.json",
+                             "training_args.bin", *CHECKPOINT_STATE], token, leaky)  # fmt: skip
+    settings = hub_module.HubSettings(
+        push_to_hub=True, model_id="fake-user/ckpt", token=token, strategy=strategy, output_dir=str(tmp_path / "run")
+    )
+    callback = hub_module.HubCheckpointCallback(settings)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=4)
+    with caplog.at_level("WARNING", logger="prefix_tuning_utils.hub"):
+        callback.on_save(SimpleNamespace(output_dir=str(tmp_path / "run")), state, None)
+    assert f"refusing to upload {checkpoint / leaky}: it contains the Hub token" in caplog.text
+    assert_nothing_pushed(empty_hub, token)
+    # Without the token: the adapter at the repo's root, the resumable state in its folder, never the pickle.
+    fill_folder(checkpoint, [leaky])
+    callback.on_save(SimpleNamespace(output_dir=str(tmp_path / "run")), state, None)
+    folder = {"checkpoint": "last-checkpoint", "all_checkpoints": "checkpoint-4"}[strategy]
+    adapter = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json"]
+    assert sorted(empty_hub.files("fake-user/ckpt")) == sorted(
+        adapter + [f"{folder}/{name}" for name in adapter + CHECKPOINT_STATE]
+    )
+
+
+@pytest.mark.parametrize(
+    "base, extra, kind",
+    [
+        ("fake-user/tiny-llama", [], "causal model with --tuning_method prefix"),
+        ("fake-user/tiny-llama", ["--tuning_method", "lora"], "causal model with --tuning_method lora"),
+        (BASE_REPO, ["--tuning_method", "full"], "seq2seq model with --tuning_method full"),
+    ],
+)
+def test_push_to_hub_of_a_model_the_push_cannot_carry_is_refused_up_front(
+    fake, tiny_llama_dir, tmp_path, monkeypatch, capsys, base, extra, kind
+):
+    """Decoder-only models and full fine-tuning: one line, exit code 2, nothing written, nothing pushed."""
+    if not fake.repo_exists("fake-user/tiny-llama"):
+        HfApi(token="hf_test_uploader").create_repo("fake-user/tiny-llama")
+        HfApi(token="hf_test_uploader").upload_folder(repo_id="fake-user/tiny-llama", folder_path=tiny_llama_dir)
+    requests_before = len(fake.requests)
+    out = tmp_path / "run"
+    argv = training_argv(out, "fake-user/not-carried", "--model_name_or_path", base, *extra)
+    code, stderr = run_cli(monkeypatch, capsys, argv)
+    (line,) = error_lines(stderr)
+    assert code == 2 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert line == (
+        "error: --push_to_hub publishes seq2seq adapters (the model card and its snippets are written for them); "
+        f"this run is a {kind}. Drop --push_to_hub."
+    )
+    assert not out.exists()
+    assert not fake.repo_exists("fake-user/not-carried")
+    assert [r for r in fake.requests[requests_before:] if r.method != "GET" and r.method != "HEAD"] == []
+
+
+def test_without_hub_token_the_login_token_is_checked_too(tmp_path, empty_hub, monkeypatch):
+    """No --hub_token: the push uses the token of `hf auth login` (HF_TOKEN here), which no file may hold either."""
+    token = f"hf_test_{secrets.token_hex(12)}"
+    monkeypatch.setenv("HF_TOKEN", token)
+    run = tmp_path / "run"
+    fill_folder(run, PUBLISHED_FILES, token, "eval_results.json")
+    settings = hub_module.HubSettings(push_to_hub=True, model_id="fake-user/leaky", token=None, output_dir=str(run))
+    with pytest.raises(hub_module.PushError, match="eval_results.json: it contains the Hub token"):
+        hub_module.upload(settings, [(str(run), "", tuple(PUBLISHED_FILES))], "final push")
+    assert_nothing_pushed(empty_hub, token)
+
+
+def test_hub_settings_are_taken_whole_from_the_training_arguments(tmp_path, monkeypatch):
+    """What --push_to_hub publishes where: a private repo stays private, a branch is pushed to, the strategy kept;
+    the default repo name is the output folder's."""
+    monkeypatch.chdir(tmp_path)
+    argv = [a for a in training_argv(tmp_path / "my-run") if a != "--push_to_hub"]
+    argv += ["--push_to_hub", "--hub_private_repo", "true", "--hub_revision", "dev", "--hub_strategy", "checkpoint",
+             "--hub_token", "hf_test_private"]  # fmt: skip
+    model_args, _, _, _, training_args = parse_args(argv)
+    settings = hub_module.take_hub_settings(training_args, model_args)
+    assert (settings.push_to_hub, settings.model_id, settings.private, settings.revision, settings.strategy) == (
+        True, "my-run", True, "dev", "checkpoint"
+    )  # fmt: skip
+    assert (settings.token, settings.output_dir) == ("hf_test_private", str(tmp_path / "my-run"))
+    assert training_args.push_to_hub is False and training_args.hub_token is None
+
+
+def test_push_to_hub_refuses_a_base_model_given_as_a_relative_folder(tmp_path, tiny_t5_dir, monkeypatch):
+    """A folder named relative to the current directory is as local as an absolute one."""
+    import shutil
+
+    shutil.copytree(tiny_t5_dir, tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    argv = training_argv(tmp_path / "run", "me/x") + ["--model_name_or_path", "base"]
+    with pytest.raises(ArgumentError, match="--push_to_hub: the adapter's base model is the local folder base, "):
+        run_prefix_tuning.main(argv)
+    assert not (tmp_path / "run").exists()
+
+
+def test_upload_goes_to_the_branch_asked_for_and_skips_a_missing_folder(tmp_path, empty_hub):
+    run = tmp_path / "run"
+    fill_folder(run, ["adapter_config.json", "adapter_model.safetensors"])
+    settings = hub_module.HubSettings(
+        push_to_hub=True, model_id="fake-user/branchy", revision="dev", output_dir=str(run)
+    )
+    patterns = ("adapter_config.json", "adapter_model.safetensors")
+    assert hub_module.upload(settings, [(str(tmp_path / "missing"), "", patterns)], "nothing") == (0, None)
+    count, _ = hub_module.upload(settings, [(str(run), "", patterns)], "to the branch")
+    assert count == 2
+    assert sorted(empty_hub.files("fake-user/branchy", revision="dev")) == sorted(patterns)
+    assert empty_hub.files("fake-user/branchy") == {}  # not on main
