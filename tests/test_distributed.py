@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import Seq2SeqTrainer
+from transformers import Seq2SeqTrainer, T5ForConditionalGeneration
 
 from prefix_tuning_utils import cli
 from prefix_tuning_utils.accelerate_config import find_placeholders, load_accelerate_config
@@ -355,8 +355,8 @@ def test_fsdp2_sharded_prefix_is_saved_whole_in_process(tmp_path, projection):
     from transformers.models.t5.modeling_t5 import T5Block
 
     from prefix_tuning_utils.arguments import PrefixArguments
-    from prefix_tuning_utils.modeling import build_model, build_peft_config
     from prefix_tuning_utils.checkpointing import whole_prefix_for_saving
+    from prefix_tuning_utils.modeling import build_model, build_peft_config
     from tests.conftest import tiny_t5_config
 
     assert not dist.is_initialized()

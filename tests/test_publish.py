@@ -649,7 +649,7 @@ def test_push_to_hub_refuses_a_base_model_given_as_a_relative_folder(tmp_path, t
     monkeypatch.chdir(tmp_path)
     argv = training_argv(tmp_path / "run", "me/x") + ["--model_name_or_path", "base"]
     with pytest.raises(ArgumentError, match="--push_to_hub: the adapter's base model is the local folder base, "):
-        run_prefix_tuning.main(argv)
+        run_main(argv)
     assert not (tmp_path / "run").exists()
 
 
