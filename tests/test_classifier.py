@@ -275,9 +275,8 @@ WRITTEN = [
 
 def test_generate_mode_matches_the_written_answer_to_a_label_word(tiny_t5_dir, tokenizer, monkeypatch):
     scorer = LabelScorer(
-        T5ForConditionalGeneration.from_pretrained(tiny_t5_dir), tokenizer, LABELS, InputFormat.from_settings({}),
-        "seq2seq",
-    )  # fmt: skip
+        T5ForConditionalGeneration.from_pretrained(tiny_t5_dir), tokenizer, LABELS, InputFormat("seq2seq")
+    )
     texts = [f"Sentence number {i} ." for i in range(len(WRITTEN))]
     writes = {text: written for text, (written, _) in zip(texts, WRITTEN)}
     monkeypatch.setattr(scorer, "generate", lambda batch, **kwargs: [writes[text] for text in batch])
@@ -295,9 +294,8 @@ def test_generate_mode_matches_the_written_answer_to_a_label_word(tiny_t5_dir, t
 def test_generate_mode_collapses_spaces_inside_a_label_of_several_words(tiny_t5_dir, tokenizer, monkeypatch):
     labels = ["very negative", "neutral", "very positive"]
     scorer = LabelScorer(
-        T5ForConditionalGeneration.from_pretrained(tiny_t5_dir), tokenizer, labels, InputFormat.from_settings({}),
-        "seq2seq",
-    )  # fmt: skip
+        T5ForConditionalGeneration.from_pretrained(tiny_t5_dir), tokenizer, labels, InputFormat("seq2seq")
+    )
     written = ["very   positive", " Very\tNegative", "verypositive", "very positive ."]
     monkeypatch.setattr(scorer, "generate", lambda batch, **kwargs: written[: len(batch)])
     answers = PrefixClassifier(scorer, mode="generate")([f"Text {i} ." for i in range(len(written))])

@@ -375,7 +375,11 @@ def test_resume_after_a_partial_write_and_refusal_of_other_predictions(full_mode
     (out / "predictions.jsonl").write_bytes(b"".join(kept) + lines[50][:20])
     answered = []
     original = LabelScorer.log_scores
-    monkeypatch.setattr(LabelScorer, "log_scores", lambda self, texts: answered.extend(texts) or original(self, texts))
+    monkeypatch.setattr(
+        LabelScorer,
+        "log_scores",
+        lambda self, texts, **kwargs: answered.extend(texts) or original(self, texts, **kwargs),
+    )
     run_main(argv)
     monkeypatch.undo()
     assert len(answered) == 162 - 50  # only the rows after the 50 complete ones were answered

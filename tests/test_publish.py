@@ -601,7 +601,7 @@ def test_push_to_hub_of_a_model_the_push_cannot_carry_is_refused_up_front(
     requests_before = len(fake.requests)
     out = tmp_path / "run"
     argv = training_argv(out, "fake-user/not-carried", "--model_name_or_path", base, *extra)
-    code, stderr = run_cli(monkeypatch, capsys, argv)
+    code, stderr = run_cli(argv, capsys)
     (line,) = error_lines(stderr)
     assert code == 2 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert line == (

@@ -54,7 +54,7 @@ class Answerer:
     ) -> tuple[list[list[dict]], torch.Tensor]:
         """Score mode's answers for one batch, and the summed log-probabilities they come from, shape (texts, labels):
         evaluation reads the loss of the true label from them instead of running the model once more."""
-        log_scores = self.scorer.log_scores(texts, adapters)
+        log_scores = self.scorer.log_scores(texts, adapters=adapters)
         ranked = [
             sorted(
                 ({"label": label, "score": p} for label, p in zip(self.labels, probs)), key=lambda item: -item["score"]
@@ -72,9 +72,9 @@ class Answerer:
         answer."""
         if self.mode == "score":
             return self.score_batch(texts, adapters)[0]
-        answers = self.scorer.generate(texts, adapters, num_beams=self.num_beams)
+        answers = self.scorer.generate(texts, adapters=adapters, num_beams=self.num_beams)
         if with_scores:  # P(the model writes the label + end of sequence)
-            written = torch.exp(self.scorer.log_scores(texts, adapters)).tolist()
+            written = torch.exp(self.scorer.log_scores(texts, adapters=adapters)).tolist()
         else:
             written = [None] * len(texts)
         index = {label: k for k, label in enumerate(self.labels)}
