@@ -448,7 +448,10 @@ def _check_training_args(model_args: ModelArguments, training_args: Seq2SeqTrain
         raise ArgumentError("Nothing to do: pass at least one of --do_train, --do_eval, --do_predict.")
 
 
-def _recipe_defaults(parser: HfArgumentParser, path: str) -> dict:
+def _recipe_defaults(
+    parser: HfArgumentParser, path: str, help_command: str = "python run_prefix_tuning.py --help"
+) -> dict:
+    """The values of the recipe `path`, every key one of `parser`'s arguments (`help_command` lists them)."""
     if not os.path.isfile(path):
         raise ArgumentError(f"Recipe {path} does not exist.")
     try:
@@ -464,9 +467,7 @@ def _recipe_defaults(parser: HfArgumentParser, path: str) -> dict:
     known = {f.name for dtype in parser.dataclass_types for f in fields(dtype) if f.init}
     unknown = sorted(set(config) - known)
     if unknown:
-        raise ArgumentError(
-            f"Recipe {path} has unknown key(s): {', '.join(unknown)}. See `python run_prefix_tuning.py --help`."
-        )
+        raise ArgumentError(f"Recipe {path} has unknown key(s): {', '.join(unknown)}. See `{help_command}`.")
     return config
 
 

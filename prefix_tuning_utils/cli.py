@@ -3,6 +3,7 @@
     accelerate launch run_prefix_tuning.py recipes/t5-large_financial_phrasebank.yaml
     prefix-tuning recipes/quickstart.yaml --num_train_epochs 2   # flags override the recipe
     prefix-tuning --help
+    prefix-tuning serve --adapter acme=runs/acme --adapter globex=org/globex-prefix   # HTTP server (serving/)
 
 Only the prefix (a few virtual key/value vectors per attention layer) is trained; the adapter written to
 --output_dir loads with plain `PeftModel.from_pretrained` (with --prefix_scope all: after `import prefix_tuning_utils`).
@@ -284,9 +285,14 @@ def write_card_and_publish(trainer, run: Run, parameters: tuple[int, int], eval_
 
 
 def main(argv: list[str] | None = None):
-    """Run the command line `argv` (default: sys.argv[1:]); return the trainer (or, for --push_only, the URL)."""
+    """Run the command line `argv` (default: sys.argv[1:]); return the trainer (or, for --push_only, the URL; for
+    `serve`, None once the server has stopped)."""
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     bound_hub_timeouts()  # a silent Hub fails the step instead of hanging the run
+    if argv[:1] == ["serve"]:  # `prefix-tuning serve ...`: the HTTP server (prefix_tuning_utils/serving)
+        from .serving.cli import main as serve_main
+
+        return serve_main(argv[1:])
     if hub.is_push_only(argv):  # publish a finished run again, nothing else
         return hub.push_only(argv)
     run = resolve_and_validate(argv)
