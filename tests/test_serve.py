@@ -609,3 +609,28 @@ def test_batcher_survives_a_wrong_answer_count():
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+def test_requests_cancelled_by_the_end_of_a_graceful_shutdown_get_a_json_503(classifier):
+    """When --graceful_timeout has passed, uvicorn cancels the requests still running: each is told so in JSON."""
+    gate = threading.Event()
+    spy = Spy(classifier, gate=gate)
+    app = create_app(classifier, ServeSettings(max_wait_ms=0), answer=spy)
+
+    async def scenario(client):
+        running = asyncio.ensure_future(client.post("/predict", json={"inputs": TEXTS[0], "adapter": "acme"}))
+        await until(spy.started.is_set)
+        closing = asyncio.ensure_future(app.state.batcher.close())
+        await until(lambda: app.state.batcher.closing)
+        running.cancel()  # what uvicorn does to the requests still running at the graceful timeout
+        response = await running
+        gate.set()
+        await closing
+        return response
+
+    response = call(app, scenario)
+    assert response.status_code == 503
+    assert response.json() == {
+        "error": "The server shut down before answering this request; retry.",
+        "error_type": "shutting_down",
+    }

@@ -148,3 +148,16 @@ def test_a_port_in_use_is_one_line_before_anything_loads():
         assert free.getsockname()[1] > 0
     finally:
         free.close()
+
+
+def test_without_the_serve_extra_the_command_says_what_to_install(capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "uvicorn" else real(name, *args)
+    )
+    assert one_line_error(capsys, ["serve", "--adapter", "a=x"]) == (
+        "error: `prefix-tuning serve` needs uvicorn: pip install -e '.[serve]' (from the repository), or pip install "
+        "'prefix-tuning[serve]'."
+    )

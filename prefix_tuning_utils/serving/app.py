@@ -177,6 +177,12 @@ def create_app(classifier, settings: ServeSettings | None = None, *, answer: Ans
         hung_up = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait({future, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            future.cancel()
+            if not batcher.closing:
+                raise
+            # uvicorn cancels what is still running when --graceful_timeout has passed: say so, in JSON
+            raise ServeError("shutting_down", "The server shut down before answering this request; retry.") from None
         finally:
             hung_up.cancel()
         if not future.done():
