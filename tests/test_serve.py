@@ -104,6 +104,16 @@ def metric_values(text: str) -> dict:
     return values
 
 
+def predict_scope() -> dict:
+    """The ASGI scope of a `POST /predict`, for tests that play the client's side of the protocol themselves."""
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"host", b"serve")], "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+
+
 class Spy:
     """The answer function of an app, recording each batch's rows; `gate` (an Event) holds every batch until set;
     a batch holding a text with `poison` in it fails."""
@@ -479,13 +489,7 @@ def test_body_limits(classifier):
         async def send(message):
             sent.append(message)
 
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-            "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
-            "headers": [(b"content-type", b"application/json"), (b"host", b"serve")], "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 80),
-        }  # fmt: skip
-        await asyncio.wait_for(app(scope, receive, send), 10)
+        await asyncio.wait_for(app(predict_scope(), receive, send), 10)
         return sent
 
     slow = asyncio.run(raw([{"type": "http.request", "body": b'{"inputs": ', "more_body": True}]))
@@ -563,6 +567,49 @@ def test_generate_mode_answers_with_the_written_label(folders):
 def test_create_app_needs_named_adapters(folders):
     with pytest.raises(ValueError, match=r"create_app serves named adapters: load them with PrefixClassifier"):
         create_app(PrefixClassifier.from_pretrained(str(folders["acme"])))
+
+
+def test_a_client_that_hangs_up_while_waiting_loses_its_waiting_rows_and_nobody_else_is_touched(classifier, alone):
+    """The route watches for the client's disconnect while its rows wait: a client that hangs up gets nothing sent,
+    its rows that are not in a batch yet are never answered, and the batch that was running is answered as usual."""
+    gate = threading.Event()
+    spy = Spy(classifier, gate=gate)
+    app = create_app(classifier, ServeSettings(max_batch_size=1, max_wait_ms=0), answer=spy)
+    sent = []
+
+    async def hanging_client(hang_up: asyncio.Event) -> None:
+        body = json.dumps({"inputs": TEXTS[1:3], "adapter": "globex"}).encode()
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if messages:
+                return messages.pop(0)
+            await hang_up.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        await app(predict_scope(), receive, send)
+
+    async def scenario(client):
+        running = asyncio.ensure_future(client.post("/predict", json={"inputs": TEXTS[0], "adapter": "acme"}))
+        await until(spy.started.is_set)  # the first request's batch runs, held by the gate
+        hang_up = asyncio.Event()
+        leaving = asyncio.ensure_future(hanging_client(hang_up))
+        await until(lambda: app.state.batcher.queued_rows == 2)
+        hang_up.set()
+        await leaving
+        gate.set()
+        return await running, (await client.get("/metrics")).text
+
+    running, metrics = call(app, scenario)
+    assert spy.batches == [[(TEXTS[0], "acme")]]  # the hung-up client's rows never reached the model
+    assert_same_answer(running.json(), alone(TEXTS[0], "acme"))
+    assert [message.get("status") for message in sent if message["type"] == "http.response.start"] in ([], [499])
+    values = metric_values(metrics)
+    assert values[("prefix_tuning_serve_errors_total", (("kind", "disconnected"),))] == 1
+    assert values[("prefix_tuning_serve_requests_total", (("code", "499"), ("route", "/predict")))] == 1
 
 
 # --------------------------------------------------------------------------------------------- the batcher itself
