@@ -105,8 +105,8 @@ class DynamicBatcher:
     def enqueue(self, texts: list[str], adapters: list[str | None]) -> asyncio.Future:
         """Queue one request's rows; the returned future gives their answers in order. Cancelling it gives the
         request up. Raises :class:`ServeError` when shutting down or when the queue is full."""
-        if len(adapters) != len(texts):
-            raise ValueError(f"{len(adapters)} adapters for {len(texts)} texts.")
+        if not texts or len(adapters) != len(texts):
+            raise ValueError(f"A request needs one adapter per text, and texts: got {len(adapters)} for {len(texts)}.")
         if self._closing:
             raise ServeError("shutting_down", "The server is shutting down and takes no new requests.")
         self._start()
