@@ -665,6 +665,16 @@ def test_requests_cancelled_by_the_end_of_a_graceful_shutdown_get_a_json_503(cla
     app = create_app(classifier, ServeSettings(max_wait_ms=0), answer=spy)
 
     async def scenario(client):
+        # Cancelled while the server runs on (not shutting down): a cancellation, no answer made up.
+        cancelled = asyncio.ensure_future(client.post("/predict", json={"inputs": TEXTS[1], "adapter": "acme"}))
+        await until(spy.started.is_set)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        gate.set()
+        await until(lambda: app.state.batcher.queued_rows == 0 and len(spy.batches) == 1)
+        gate.clear()
+        spy.started.clear()
         running = asyncio.ensure_future(client.post("/predict", json={"inputs": TEXTS[0], "adapter": "acme"}))
         await until(spy.started.is_set)
         closing = asyncio.ensure_future(app.state.batcher.close())
