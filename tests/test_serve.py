@@ -317,8 +317,8 @@ def test_api_key_guards_every_route_but_health(classifier):
 
 # -------------------------------------------------------------------------------------------------------- batching
 def test_concurrent_requests_share_one_mixed_batch(classifier, alone):
-    """Requests that arrive together, for different adapters, are answered in one forward; each gets its own rows
-    back, in order."""
+    """Requests that arrive together (within --max_wait_ms of the first), for different adapters, are answered in one
+    forward; each gets its own rows back, in order."""
     spy = Spy(classifier)
     requests = [
         {"inputs": TEXTS[0], "adapter": "acme"},
@@ -331,7 +331,11 @@ def test_concurrent_requests_share_one_mixed_batch(classifier, alone):
     app = create_app(classifier, ServeSettings(max_batch_size=rows, max_wait_ms=10_000), answer=spy)
 
     async def scenario(client):
-        answers = await asyncio.gather(*(client.post("/predict", json=body) for body in requests))
+        pending = []
+        for body in requests:  # arriving one after another, within the wait of the first
+            pending.append(asyncio.ensure_future(client.post("/predict", json=body)))
+            await asyncio.sleep(0.05)
+        answers = await asyncio.gather(*pending)
         return answers, (await client.get("/metrics")).text
 
     answers, metrics = call(app, scenario)
@@ -650,7 +654,7 @@ def test_batcher_survives_a_wrong_answer_count():
     async def scenario():
         batcher = DynamicBatcher(lambda texts, adapters: [], max_batch_size=4, max_wait_ms=0)
         with pytest.raises(BatchFailedError, match="the answer function gave 0 answers for 1 rows"):
-            await batcher.submit(["a"], [None])
+            await asyncio.wait_for(batcher.submit(["a"], [None]), 60)
         batcher.answer = lambda texts, adapters: [[{"label": "ok"}] for _ in texts]
         assert await batcher.submit(["b"], [None]) == [[{"label": "ok"}]]
         await batcher.close()
@@ -691,3 +695,37 @@ def test_requests_cancelled_by_the_end_of_a_graceful_shutdown_get_a_json_503(cla
         "error": "The server shut down before answering this request; retry.",
         "error_type": "shutting_down",
     }
+
+
+def test_the_server_loads_with_the_settings_dtype_and_mode(folders):
+    import torch
+
+    from prefix_tuning_utils.serving.server import load_classifier
+
+    settings = ServeSettings(adapters={"acme": str(folders["acme"]), "initech": str(folders["initech"])},
+                             mode="generate", dtype="bfloat16", device="cpu")  # fmt: skip
+    loaded = load_classifier(settings)
+    assert loaded.adapter_names == ["acme", "initech"] and loaded.mode == "generate"
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
+
+
+def test_listening_beyond_loopback_without_a_key_is_warned(classifier, monkeypatch, caplog):
+    """`serve` binds, builds the app and runs uvicorn (replaced here: nothing is served); without an API key on a
+    non-loopback address it says, in the log, that anyone who reaches the port can use it."""
+    from prefix_tuning_utils.serving import server
+
+    ran = []
+    monkeypatch.setattr(server._Server, "run", lambda self, sockets: ran.append(sockets[0].getsockname()))
+    with caplog.at_level("WARNING", logger="prefix_tuning_utils.serving.server"):
+        server.serve(ServeSettings(host="0.0.0.0", port=0), classifier)
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        caplog.clear()
+        server.serve(ServeSettings(host="0.0.0.0", port=0, api_key="k"), classifier)
+        server.serve(ServeSettings(port=0), classifier)
+        quiet = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(ran) == 3 and ran[0][0] == "0.0.0.0" and ran[2][0] == "127.0.0.1"
+    assert warned == [
+        "Listening on 0.0.0.0 without an API key: anyone who can reach this port can use the server. Set "
+        "PREFIX_TUNING_API_KEY (or --api_key), or listen on 127.0.0.1 behind a proxy."
+    ]
+    assert quiet == []
