@@ -9,7 +9,7 @@ import pytest
 
 from prefix_tuning_utils import cli
 from prefix_tuning_utils.arguments import ArgumentError
-from prefix_tuning_utils.serving import ServeSettings
+from prefix_tuning_utils.serving import ServeSettings, SettingsError
 from prefix_tuning_utils.serving.cli import parse_serve_args
 from prefix_tuning_utils.serving.server import bind
 from tests.conftest import REPO
@@ -161,3 +161,23 @@ def test_without_the_serve_extra_the_command_says_what_to_install(capsys, monkey
         "error: `prefix-tuning serve` needs uvicorn: pip install -e '.[serve]' (from the repository), or pip install "
         "'prefix-tuning[serve]'."
     )
+
+
+@pytest.mark.parametrize(
+    "settings, setting, problem",
+    [
+        (dict(adapters={"acme": " "}), "adapter", "'acme' has no source: give NAME=FOLDER or NAME=HUB_ID[@REVISION]."),
+        (dict(mode="rank"), "predict_mode", "must be score or generate, got 'rank'."),
+        (dict(dtype="int8"), "dtype", "must be one of float32, bfloat16, float16, got 'int8'."),
+        (dict(max_wait_ms=True), "max_wait_ms", "must be a number of at least 0, got True."),
+        (dict(body_timeout_s=0), "body_timeout_s", "must be more than 0 seconds."),
+        (dict(log_level="verbose"), "log_level", "must be one of debug, info, warning, error, got 'verbose'."),
+        (dict(host=""), "host", "is empty: give an address to listen on, e.g. 127.0.0.1 or 0.0.0.0."),
+    ],
+)
+def test_settings_built_in_python_are_checked_too(settings, setting, problem):
+    """The library's own settings refuse what the command line's flags would (SettingsError names the setting)."""
+    with pytest.raises(SettingsError) as refused:
+        ServeSettings(**settings)
+    assert (refused.value.setting, refused.value.problem) == (setting, problem)
+    assert str(refused.value) == f"{setting} {problem}"
