@@ -3,13 +3,15 @@
     accelerate launch run_prefix_tuning.py recipes/t5-large_financial_phrasebank.yaml
     prefix-tuning recipes/quickstart.yaml --num_train_epochs 2   # flags override the recipe
     prefix-tuning --help
+    prefix-tuning serve --adapter acme=runs/acme --adapter globex=org/globex-prefix   # HTTP server (serving/)
 
 Only the prefix (a few virtual key/value vectors per attention layer) is trained; the adapter written to
 --output_dir loads with plain `PeftModel.from_pretrained` (with --prefix_scope all: after `import prefix_tuning_utils`).
 With --push_to_hub it is published with a model card; `prefix-tuning push --output_dir DIR --hub_model_id ID`
 publishes a finished run again.
 
-The first word of the command line may name a subcommand (`SUBCOMMANDS`: `push`); anything else is a training run.
+The first word of the command line may name a subcommand (`SUBCOMMANDS`: `push`, `serve`); anything else is a training
+run.
 Every command is parsed by the same parser class and recipe rules (`arguments`) and logs through `setup_logging`.
 `--push_only`, the old spelling of `push`, is still accepted, with a deprecation warning (`DEPRECATED_FLAGS`).
 
@@ -67,7 +69,17 @@ from .trainer import PrefixTuningTrainer, set_sample_count
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SUBCOMMANDS", "Run", "cli", "main", "push", "resolve_and_validate", "setup_logging", "split_subcommand"]
+__all__ = [
+    "SUBCOMMANDS",
+    "Run",
+    "cli",
+    "main",
+    "push",
+    "resolve_and_validate",
+    "serve",
+    "setup_logging",
+    "split_subcommand",
+]
 
 
 def setup_logging(training_args: PrefixTrainingArguments | None = None) -> None:
@@ -304,8 +316,16 @@ def push(argv: list[str]) -> str:
     return hub.push_run(hub.push_settings(parse_push_args(argv)))
 
 
+def serve(argv: list[str]) -> None:
+    """`prefix-tuning serve [RECIPE] --adapter NAME=SOURCE ...`: the HTTP server of many adapters
+    (prefix_tuning_utils/serving), until SIGTERM. Its packages (the `serve` extra) are imported only here."""
+    from .serving.cli import main as serve_main
+
+    return serve_main(argv)
+
+
 # The subcommands, by the first word of the command line: name -> function of the rest, returning what main returns.
-SUBCOMMANDS: dict[str, Callable[[list[str]], object]] = {"push": push}
+SUBCOMMANDS: dict[str, Callable[[list[str]], object]] = {"push": push, "serve": serve}
 # Old spellings of a subcommand as a flag anywhere on the command line (with an optional true/false value).
 DEPRECATED_FLAGS = {"--push_only": "push"}
 _BOOLEAN_WORDS = ("true", "false", "yes", "no", "t", "f", "y", "n", "1", "0")
@@ -326,7 +346,7 @@ def split_subcommand(argv: list[str]) -> tuple[str | None, list[str], str | None
 
 def main(argv: list[str] | None = None):
     """Run the command line `argv` (default: sys.argv[1:]); return the trainer (or what the subcommand returns: for
-    `push`, the commit URL)."""
+    `push`, the commit URL; for `serve`, None once the server has stopped)."""
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     bound_hub_timeouts()  # a silent Hub fails the step instead of hanging the run
     subcommand, argv, deprecated = split_subcommand(argv)

@@ -18,18 +18,15 @@ import shutil
 
 import pytest
 import torch
-from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 from transformers import LlamaForCausalLM, T5ForConditionalGeneration
 
-from prefix_tuning_utils import all_layer_prefix
 from prefix_tuning_utils.answering import LabelScorer
 from prefix_tuning_utils.arguments import ArgumentError
 from prefix_tuning_utils.classifier import PrefixClassifier
 from prefix_tuning_utils.input_format import InputFormat
-from tests.conftest import tiny_llama_config, tiny_t5_config
+from tests.tiny_adapters import LABELS, save_adapter, save_base
 
 
-LABELS = ["negative", "neutral", "positive"]
 TEXTS = [
     "Profit rose .",
     "Operating profit fell to EUR 1.2 mn from EUR 3.4 mn in the corresponding period of the previous year .",
@@ -80,64 +77,16 @@ CAUSAL_CASES = {
 }
 
 
-def _scaled(model: torch.nn.Module, std: float = 0.3):
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, std)
-    return model
-
-
-def _save_adapter(base_dir, task: str, name: str, kind: str, virtual: int, fmt: dict, out) -> None:
-    """An adapter as the training script writes it: peft's adapter files and prefix_tuning.json."""
-    model_class = T5ForConditionalGeneration if task == "seq2seq" else LlamaForCausalLM
-    base = model_class.from_pretrained(base_dir)
-    task_type = TaskType.SEQ_2_SEQ_LM if task == "seq2seq" else TaskType.CAUSAL_LM
-    if kind == "prompt":
-        config = PromptTuningConfig(task_type=task_type, num_virtual_tokens=virtual)
-    else:
-        shape = dict(num_layers=2, token_dim=32, num_attention_heads=4) if task == "seq2seq" else {}
-        config = PrefixTuningConfig(task_type=task_type, num_virtual_tokens=virtual, **shape)
-    torch.manual_seed(sum(map(ord, name)))
-    model = get_peft_model(base, config)
-    with torch.no_grad():  # far from the init, so that every adapter answers its own way
-        for param in model.prompt_encoder.parameters():
-            param.normal_(0.0, 1.0)
-    if kind == "prefix_all":
-        added = all_layer_prefix.attach(model, trainable=False)
-        with torch.no_grad():
-            for prefix in (added.encoder_self_attention, added.cross_attention):
-                prefix.gate.normal_(0.0, 1.0)
-                for table in prefix.prefix:
-                    table.normal_(0.0, 1.0)
-    model.save_pretrained(out)
-    config_path = out / "adapter_config.json"
-    adapter_config = json.loads(config_path.read_text())
-    adapter_config["base_model_name_or_path"] = str(base_dir)
-    config_path.write_text(json.dumps(adapter_config))
-    settings = {"format": 1, "task": task, "label_words": LABELS, **InputFormat(task, **fmt).settings()}
-    (out / "prefix_tuning.json").write_text(json.dumps(settings))
-
-
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory, tokenizer, tokenizer_dir):
     """{task: {name: folder}} of saved adapters, and the base folders."""
     folders = {}
     for task in ("seq2seq", "causal"):
-        base_dir = tmp_path_factory.mktemp(f"base-{task}")
-        torch.manual_seed(0)
-        if task == "seq2seq":
-            base = T5ForConditionalGeneration(tiny_t5_config(len(tokenizer)))
-        else:
-            base = LlamaForCausalLM(tiny_llama_config(len(tokenizer), tie_word_embeddings=False))
-        _scaled(base).save_pretrained(base_dir)
-        for file in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(tokenizer_dir / file, base_dir / file)
+        base_dir = save_base(task, tmp_path_factory.mktemp(f"base-{task}"), tokenizer, tokenizer_dir)
         folders[task] = {"__base__": base_dir}
         for name, (kind, virtual, fmt) in ADAPTERS[task].items():
             out = tmp_path_factory.mktemp(f"{task}-{name}")
-            _save_adapter(base_dir, task, name, kind, virtual, fmt, out)
+            save_adapter(base_dir, task, name, kind, virtual, fmt, out)
             folders[task][name] = out
     return folders
 
