@@ -70,7 +70,7 @@ def build_adapter(folder: Path, config, tokenizer, num_virtual_tokens: int = 20)
     from peft import PrefixTuningConfig, TaskType, get_peft_model
     from transformers import T5ForConditionalGeneration
 
-    from prefix_tuning_utils.arguments import DataTrainingArguments
+    from prefix_tuning_utils.input_format import InputFormat
     from prefix_tuning_utils.run_folder import save_task_settings
 
     torch.manual_seed(0)
@@ -89,9 +89,7 @@ def build_adapter(folder: Path, config, tokenizer, num_virtual_tokens: int = 20)
     adapter.peft_config["default"].base_model_name_or_path = str(base_dir)
     adapter.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
-    save_task_settings(
-        str(adapter_dir), LABELS, DataTrainingArguments(test_file=str(REPO / "examples" / "quickstart.txt")), "seq2seq"
-    )
+    save_task_settings(str(adapter_dir), LABELS, InputFormat("seq2seq"))
     return adapter_dir
 
 

@@ -88,7 +88,7 @@ def build(
     from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
     from prefix_tuning_utils.input_format import InputFormat
-    from prefix_tuning_utils.modeling import save_task_settings
+    from prefix_tuning_utils.run_folder import save_task_settings
 
     base_dir = work / "base"
     folders = [work / f"a{index:02d}" for index in range(count)]

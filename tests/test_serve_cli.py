@@ -109,7 +109,9 @@ def test_bad_recipes_are_one_line_exit_2(capsys, tmp_path):
     typo = tmp_path / "typo.yaml"
     typo.write_text("adapter:\n  acme: runs/acme\nmax_batch: 8\n")
     err = one_line_error(capsys, ["serve", typo])
-    assert err == f"error: Recipe {typo} has unknown key(s): max_batch. See `prefix-tuning serve --help`."
+    assert err == (
+        f"error: Recipe {typo} has unknown key(s): max_batch. Did you mean max_batch_size? See `prefix-tuning serve --help`."
+    )
     bad_name = tmp_path / "bad_name.yaml"
     bad_name.write_text("adapter:\n  'a b': runs/acme\n")
     assert one_line_error(capsys, ["serve", bad_name]).startswith("error: --adapter name 'a b' is not usable")

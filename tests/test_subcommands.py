@@ -100,6 +100,7 @@ def test_push_needs_an_output_dir(capsys):
     "argv, expected",
     [
         (["push", "--output_dir", "d"], ("push", ["--output_dir", "d"], None)),
+        (["serve", "--adapter", "a=runs/a"], ("serve", ["--adapter", "a=runs/a"], None)),
         (["--push_only", "--output_dir", "d"], ("push", ["--output_dir", "d"], "--push_only")),
         (["r.yaml", "--push_only", "true", "--output_dir", "d"], ("push", ["r.yaml", "--output_dir", "d"], "--push_only")),
         (["--output_dir", "d", "--push_only=true"], ("push", ["--output_dir", "d"], "--push_only")),
@@ -110,4 +111,4 @@ def test_push_needs_an_output_dir(capsys):
 )  # fmt: skip
 def test_the_first_word_names_the_subcommand(argv, expected):
     assert cli.split_subcommand(argv) == expected
-    assert set(cli.SUBCOMMANDS) == {"push"}
+    assert set(cli.SUBCOMMANDS) == {"push", "serve"}

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .errors import ServeError
+from ..errors import BatchFailedError, ServeError
 
 
 logger = logging.getLogger(__name__)
@@ -40,10 +40,6 @@ AnswerFunction = Callable[[list[str], list[str | None]], list[list[dict]]]
 
 class BatchObserver(Protocol):
     def batch(self, adapters: Sequence[str | None], waits: Sequence[float], seconds: float, ok: bool) -> None: ...
-
-
-class BatchFailedError(RuntimeError):
-    """The batch that held some of a request's rows failed; the cause is chained."""
 
 
 @dataclass(eq=False)

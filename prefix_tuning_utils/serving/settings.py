@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..errors import SettingsError
+
 
 __all__ = ["ADAPTER_NAME", "LOG_LEVELS", "ServeSettings", "SettingsError"]
 
@@ -19,14 +21,6 @@ __all__ = ["ADAPTER_NAME", "LOG_LEVELS", "ServeSettings", "SettingsError"]
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-class SettingsError(ValueError):
-    """A setting with a value the server cannot use; `setting` names it, `problem` says what to change."""
-
-    def __init__(self, setting: str, problem: str):
-        super().__init__(f"{setting} {problem}")
-        self.setting, self.problem = setting, problem
 
 
 @dataclass(frozen=True)
