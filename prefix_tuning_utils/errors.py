@@ -88,8 +88,8 @@ class BatchFailedError(RuntimeError):
 
 class SettingsError(ValueError):
     """A setting of the server (`serving.ServeSettings`) with a value it cannot use; `setting` names it, `problem` says
-    what to change. Raised when the settings are built; the command line words it as the flag's ArgumentError (exit
-    code 2)."""
+    what to change. Raised when the settings are built; the command line words it as the flag's ArgumentError:
+    exit code 2."""
 
     def __init__(self, setting: str, problem: str):
         super().__init__(f"{setting} {problem}")
