@@ -24,7 +24,7 @@ import datasets
 import transformers
 from transformers import PretrainedConfig, set_seed
 
-from . import hub, model_card
+from . import hub, model_card, run_log
 from .all_layer_prefix import check_scope_supported
 from .arguments import (
     ArgumentError,
@@ -51,7 +51,7 @@ from .modeling import (
     trainable_parameters,
 )
 from .network import DATA_ADVICE, MODEL_ADVICE, HubUnavailableError, bound_hub_timeouts, hub_step
-from .output_dir import prepare_output_dir
+from .output_dir import RunIdentity, prepare_output_dir
 from .predict import predict
 from .prefix_init import init_prefix_from_text
 from .preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
@@ -290,9 +290,13 @@ def main(argv: list[str] | None = None):
         return hub.push_only(argv)
     run = resolve_and_validate(argv)
     args = run.training_args
-    checkpoint = prepare_output_dir(
-        args.output_dir, args.do_train, args.overwrite_output_dir, args.resume_from_checkpoint
+    identity = RunIdentity.of(run.model_name, run.model_args, run.prefix_args, args.do_train)
+    checkpoint = prepare_output_dir(args.output_dir, identity, args.overwrite_output_dir, args.resume_from_checkpoint)
+    arguments = run_log.run_arguments(
+        run.argv, run.model_args, run.data_args, run.prefix_args, run.predict_args, args, identity
     )
+    if args.do_train and args.should_save:  # the folder is this run's from now on: its arguments, before any weight
+        run_log.save_run_args(args.output_dir, arguments)
     set_seed(args.seed)
 
     model, parameters = build_run_model(run, checkpoint)
@@ -311,6 +315,8 @@ def main(argv: list[str] | None = None):
         predict_test(trainer, run)
     if args.do_train and run.publishable and trainer.is_world_process_zero():
         write_card_and_publish(trainer, run, parameters, eval_answers)
+    if not args.do_train and args.should_save:  # written last: bad input rows leave the folder as it was
+        run_log.save_run_args(args.output_dir, arguments)
     return trainer
 
 

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ADAPTER_CONFIG_FILE",
+    "BASE_MODEL_DIR",
     "TASK_SETTINGS_FILE",
     "Task",
     "TrainedModel",
@@ -180,7 +181,7 @@ def save_initialised_base(model, tokenizer, output_dir: str) -> str:
     Without this, `PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(base_model_name_or_path))`
     would load the adapter onto *other* random weights. Returns the folder (absolute path).
     """
-    base_dir = os.path.abspath(os.path.join(output_dir, "base_model"))
+    base_dir = os.path.abspath(os.path.join(output_dir, BASE_MODEL_DIR))
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     base.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
@@ -254,6 +255,8 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 TASK_SETTINGS_FILE = "prefix_tuning.json"
+# Where a training run saves a base model initialised from its config (random weights), next to the adapter.
+BASE_MODEL_DIR = "base_model"
 # What turns a sentence into model input and names the answers; saved next to every model this script writes.
 TASK_SETTINGS_FIELDS = ("source_prefix", "prompt_template", "max_source_length", "max_target_length")
 
@@ -351,7 +354,7 @@ def find_trained_model(args: ModelArguments) -> TrainedModel | None:
             f"--model_name_or_path {args.model_name_or_path} is an adapter whose adapter_config.json names no base "
             "model (base_model_name_or_path); set it there."
         )
-    own_base = os.path.join(args.model_name_or_path, "base_model")
+    own_base = os.path.join(args.model_name_or_path, BASE_MODEL_DIR)
     if os.path.isabs(base) and not os.path.isdir(base) and os.path.isdir(own_base):
         logger.warning("The adapter's base model %s is gone; using %s.", base, own_base)
         base = own_base
