@@ -1,6 +1,6 @@
 """The command line: `prefix-tuning` (console script) and `python run_prefix_tuning.py` run `cli()`.
 
-    accelerate launch run_prefix_tuning.py recipes/t5-large_financial_phrasebank.yaml
+    accelerate launch --quiet --config_file accelerate_configs/default.yaml run_prefix_tuning.py recipes/t5-large_financial_phrasebank.yaml
     prefix-tuning recipes/quickstart.yaml --num_train_epochs 2   # flags override the recipe
     prefix-tuning --help
 
@@ -35,7 +35,7 @@ from .arguments import (
     PrefixTrainingArguments,
     parse_args,
 )
-from .data import LabelledData, get_datasets, to_dataset_dict
+from .data import LabelledData, get_datasets, hub_dataset_repo, to_dataset_dict
 from .metrics import build_compute_metrics
 from .modeling import (
     TrainedModel,
@@ -50,7 +50,7 @@ from .modeling import (
     save_initialised_base,
     trainable_parameters,
 )
-from .network import DATA_ADVICE, MODEL_ADVICE, HubUnavailableError, bound_hub_timeouts, hub_step
+from .network import HubUnavailableError, bound_hub_timeouts, data_advice, hub_step, model_advice
 from .output_dir import RunIdentity, prepare_output_dir
 from .predict import predict
 from .prefix_init import init_prefix_from_text
@@ -132,23 +132,24 @@ def resolve_and_validate(argv: list[str]) -> Run:
     # Without --do_train, a model or adapter written by this script is used as it is, with the label words and input
     # format saved next to it; an adapter's base model is found from its config.
     model_name = model_args.model_name_or_path
-    with hub_step(f"looking up {model_name} on the Hub", MODEL_ADVICE):
+    with hub_step(f"looking up {model_name} on the Hub", model_advice(model_name, model_args.cache_dir)):
         trained = None if training_args.do_train else find_trained_model(model_args)
     if trained is not None:
         trained.apply_settings(data_args)
         model_args = trained.base_args
 
     # Checks that need no weights: config, tokenizer, data.
-    with hub_step(f"loading the model config of {model_args.model_name_or_path}", MODEL_ADVICE):
+    advice = model_advice(model_args.model_name_or_path, model_args.cache_dir)
+    with hub_step(f"loading the model config of {model_args.model_name_or_path}", advice):
         config = get_model_config(model_args)
     # fp16 can also come from the accelerate config (mixed_precision: fp16) without --fp16.
     task = check_model_config(config, fp16=training_args.fp16 or training_args.mixed_precision == "fp16")
-    with hub_step(
-        f"loading the tokenizer of {model_args.tokenizer_name or model_args.model_name_or_path}", MODEL_ADVICE
-    ):
+    tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
+    with hub_step(f"loading the tokenizer of {tokenizer_name}", model_advice(tokenizer_name, model_args.cache_dir)):
         tokenizer = get_tokenizer(model_args, task)
     check_scope_supported(config, prefix_args.prefix_scope)
-    with hub_step(f"downloading the dataset {data_args.dataset_name}", DATA_ADVICE):
+    data_repo = hub_dataset_repo(data_args.dataset_name or "")
+    with hub_step(f"downloading the dataset {data_args.dataset_name}", data_advice(data_repo, model_args.cache_dir)):
         splits, labels = get_datasets(data_args, model_args.cache_dir, model_args.token)
     if training_args.do_train and "train" not in splits:
         raise ArgumentError("--do_train needs training data: --dataset_name or --train_file.")
@@ -189,7 +190,8 @@ def resolve_and_validate(argv: list[str]) -> Run:
 def build_run_model(run: Run, checkpoint: str | None):
     """The frozen base with a trainable prefix (or a baseline method), a trained model, or the base as it is."""
     model_args, prefix_args, training_args = run.model_args, run.prefix_args, run.training_args
-    with hub_step(f"downloading the weights of {model_args.model_name_or_path}", MODEL_ADVICE, any_os_error=True):
+    advice = model_advice(model_args.model_name_or_path, model_args.cache_dir)
+    with hub_step(f"downloading the weights of {model_args.model_name_or_path}", advice, any_os_error=True):
         model = load_base_model(model_args, run.config, run.task)
         if run.trained is not None:
             model = run.trained.load(model)
