@@ -20,8 +20,6 @@ import logging
 import sys
 from dataclasses import dataclass
 
-import datasets
-import transformers
 from transformers import PretrainedConfig, set_seed
 
 from . import hub, model_card, run_log
@@ -55,6 +53,7 @@ from .output_dir import RunIdentity, prepare_output_dir
 from .predict import predict
 from .prefix_init import init_prefix_from_text
 from .preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
+from .run_log import setup_logging
 from .scoring import LabelScorer
 from .trainer import PrefixTuningTrainer, TrainingDivergedError, set_sample_count
 
@@ -62,30 +61,6 @@ from .trainer import PrefixTuningTrainer, TrainingDivergedError, set_sample_coun
 logger = logging.getLogger(__name__)
 
 __all__ = ["Run", "cli", "main", "resolve_and_validate", "setup_logging"]
-
-
-def setup_logging(training_args) -> None:
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    if training_args.should_log:
-        transformers.utils.logging.set_verbosity_info()
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    logging.getLogger("prefix_tuning_utils").setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    # Every log line goes to stdout through the root handler, so that stderr holds only progress bars and, on bad
-    # input, the one-line error.
-    transformers.utils.logging.disable_default_handler()
-    transformers.utils.logging.enable_propagation()
-    logger.warning(
-        f"Process rank: {training_args.process_index} of {training_args.world_size}, device: {training_args.device}, "
-        f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value}, "
-        f"mixed precision: {training_args.mixed_precision}"
-    )
 
 
 @dataclass
@@ -125,7 +100,7 @@ def resolve_and_validate(argv: list[str]) -> Run:
     # The Trainer must neither push nor pickle the token (training_args.bin): the Hub settings move out of its args.
     hub_settings = hub.take_hub_settings(training_args, model_args)
     setup_logging(training_args)
-    logger.info(
+    logger.debug(  # --log_level debug; run_args.json in --output_dir holds them too
         f"Model {model_args}\nData {data_args}\nPrefix {prefix_args}\nPredict {predict_args}\nTraining {training_args}"
     )
 
@@ -215,7 +190,7 @@ def build_run_model(run: Run, checkpoint: str | None):
 
 def build_trainer(run: Run, model, tokenized: dict) -> PrefixTuningTrainer:
     args = run.training_args
-    return PrefixTuningTrainer(
+    trainer = PrefixTuningTrainer(
         model=model,
         args=args,
         train_dataset=tokenized.get("train") if args.do_train else None,
@@ -229,6 +204,8 @@ def build_trainer(run: Run, model, tokenized: dict) -> PrefixTuningTrainer:
         cache_encoder_outputs=run.prefix_args.cache_encoder_outputs,
         callbacks=hub.get_callbacks(run.hub_settings),
     )
+    run_log.use_quiet_progress(trainer)
+    return trainer
 
 
 def train(trainer, run: Run, checkpoint: str | None, train_samples: int, parameters: tuple[int, int]) -> None:
@@ -241,7 +218,7 @@ def train(trainer, run: Run, checkpoint: str | None, train_samples: int, paramet
     metrics["tuning_method"] = run.prefix_args.tuning_method
     metrics["trainable_parameters"] = trainable
     metrics["trainable_percent"] = 100 * trainable / total
-    trainer.log_metrics("train", metrics)
+    run_log.log_metrics(trainer, "train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
 
@@ -251,7 +228,7 @@ def evaluate(trainer, eval_samples: int) -> list:
     logger.info("*** Evaluate ***")
     metrics = trainer.evaluate(metric_key_prefix="eval")
     set_sample_count(metrics, "eval", eval_samples)
-    trainer.log_metrics("eval", metrics)
+    run_log.log_metrics(trainer, "eval", metrics)
     trainer.save_metrics("eval", metrics)
     compute_metrics = trainer.compute_metrics
     return compute_metrics.last_answers if compute_metrics is not None else trainer.last_eval_answers
@@ -260,7 +237,9 @@ def evaluate(trainer, eval_samples: int) -> list:
 def predict_test(trainer, run: Run) -> None:
     logger.info("*** Predict ***")
     metrics = predict(trainer, run.data_args, run.predict_args, run.model_args, run.splits.get("test"), run.model_name)
-    trainer.log_metrics("predict", {key: value for key, value in metrics.items() if not isinstance(value, dict)})
+    run_log.log_metrics(
+        trainer, "predict", {key: value for key, value in metrics.items() if not isinstance(value, dict)}
+    )
     trainer.save_metrics("predict", metrics)
 
 

@@ -171,8 +171,15 @@ def _example_answer(trainer, source_prefix: str) -> list[str] | None:
     model.eval()
     device = next(model.parameters()).device
     inputs = tokenizer([source_prefix + EXAMPLE_SENTENCE], return_tensors="pt").to(device)
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=EXAMPLE_MAX_NEW_TOKENS)
+    # Seq2SeqTrainer's evaluation writes its default max_length (20) into the model's generation config, which makes
+    # generate() warn that max_new_tokens overrides it; the snippet's freshly loaded model has no such max_length.
+    config = model.generation_config
+    max_length, config.max_length = config.max_length, None
+    try:
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=EXAMPLE_MAX_NEW_TOKENS)
+    finally:
+        config.max_length = max_length
     return tokenizer.batch_decode(output, skip_special_tokens=True)
 
 
