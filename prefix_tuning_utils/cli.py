@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig, set_seed
 
-from . import hub, model_card, run_log
+from . import hub, interrupts, model_card, run_log
 from .all_layer_prefix import check_scope_supported
 from .arguments import (
     ArgumentError,
@@ -310,7 +310,8 @@ def _bare_debug(argv: list[str]) -> bool:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """Run `main`; a problem with the user's input is one line on stderr and exit code 2 (traceback: --debug)."""
+    """Run `main`; a problem with the user's input is one line on stderr and exit code 2 (traceback: --debug), and so
+    is Ctrl-C, with exit code 130."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _bare_debug(argv)
     if debug:
@@ -327,3 +328,9 @@ def cli(argv: list[str] | None = None) -> None:
     except (hub.PushError, HubUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: what was kept and the command that goes on, in one line (traceback: --debug)
+        if debug:
+            raise
+        interrupts.close_progress_bars()
+        print(f"\ninterrupted: {interrupts.what_was_kept(argv)}", file=sys.stderr)
+        sys.exit(130)

@@ -46,6 +46,7 @@ __all__ = [
     "InputSummary",
     "answer_rows",
     "changed_settings",
+    "count_complete_rows",
     "predict",
     "save_confusion_matrix",
     "scan_input",
@@ -141,6 +142,11 @@ def _complete_rows(path: str) -> tuple[int, int, bytes | None]:
             tail = handle.read(end - max(0, end - block_size))
             last = tail[:-1].rsplit(b"\n", 1)[-1]
     return count, end, last
+
+
+def count_complete_rows(path: str) -> int:
+    """The rows of predictions.jsonl that were written completely (a run killed mid-write may leave half a line)."""
+    return _complete_rows(path)[0]
 
 
 def _write_json(path: str, value) -> None:
