@@ -190,21 +190,35 @@ def test_adapter_from_the_hub_still_loads_when_the_hub_works(tmp_path, tiny_t5_d
     assert all(row["label"] in ("negative", "neutral", "positive") for row in rows)
 
 
-def test_a_slow_hub_that_answers_is_not_cut(tmp_path, tiny_t5_dir):
-    """Every answer takes 0.3 s: more than a step's budget (2 x 0.5 s here) in all, but each answer is progress,
-    so no step gives up: the waits bound silence, not downloads."""
+@pytest.mark.slow  # 8 answers of 1.5 s
+def test_a_slow_hub_that_answers_is_not_cut(tmp_path, tiny_t5_dir, monkeypatch):
+    """Every answer takes 1.5 s, under the 2-second timeouts: the tokenizer step's 8 requests take 12 s, three times
+    its budget (2 waits: 4 s), but each answer is progress, so the step goes on: the waits bound silence, not
+    downloads."""
+    from huggingface_hub import constants
+    from transformers import AutoTokenizer
+
+    from prefix_tuning_utils.arguments import ArgumentError, ModelArguments
+    from prefix_tuning_utils.modeling import get_tokenizer
+
+    for name in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
+        monkeypatch.setattr(constants, name, 2)
+    monkeypatch.setattr(network, "CONNECT_TIMEOUT", 2)
+    monkeypatch.setattr(network, "READ_TIMEOUT", 2)
+    network.bound_hub_timeouts()  # as cli.main does
     with FakeHub() as hub:
         for path in tiny_t5_dir.iterdir():
             hub.add_file("someone/tiny-t5", path.name, path.read_bytes())
-        hub.answer_delay = 0.3
-        started = time.monotonic()
-        trainer = cli.main(
-            [str(arg) for arg in ["--model_name_or_path", "someone/tiny-t5", "--train_file",
-             REPO / "examples" / "quickstart.txt", "--label_words", "negative,neutral,positive",
-             *tiny_training_args(tmp_path / "out")]]
-        )  # fmt: skip
-        assert len(hub.requests) * hub.answer_delay > 2 * network.STEP_WAITS * 0.5  # more than a budget of waiting
-    assert trainer.state.global_step == 1, time.monotonic() - started
+        with contextlib.suppress(ArgumentError):  # not timed: the process's one-off requests (agent registry)
+            get_tokenizer(ModelArguments(model_name_or_path="someone/unknown"))
+        hub.requests.clear()
+        hub.answer_delay = 1.5
+        with network.hub_step("loading the tokenizer of someone/tiny-t5", "advice"):
+            tokenizer = get_tokenizer(ModelArguments(model_name_or_path="someone/tiny-t5"))
+        assert (len(hub.requests) - 1) * hub.answer_delay > network.STEP_WAITS * 2  # a request after the budget
+        assert [r.path for r in hub.requests if r.method == "GET" and r.path.endswith("/tokenizer.json")]
+    local = AutoTokenizer.from_pretrained(tiny_t5_dir)
+    assert tokenizer("Profit rose .")["input_ids"] == local("Profit rose .")["input_ids"]  # the repo's, not a default
 
 
 def test_a_host_that_does_not_resolve_fails_at_once(tmp_path, capsys, caplog):
@@ -264,7 +278,10 @@ def test_other_errors_are_not_taken_for_hub_failures():
     assert describe_hub_failure(OSError("disk full")) is None
 
 
-@pytest.mark.parametrize("mode", ["hang", "unresolvable", "refuse"])
+@pytest.mark.parametrize(
+    "mode",
+    [pytest.param("hang", marks=pytest.mark.slow), "unresolvable", pytest.param("refuse", marks=pytest.mark.slow)],
+)  # a silent Hub costs 2 waits per step; a refused connection is huggingface_hub's own fallback (seconds each)
 def test_files_already_in_the_cache_still_load_when_the_hub_fails(mode, tmp_path, tiny_t5_dir):
     """Bounding the waits must not break huggingface_hub's fallback to the cache: a Hub that is silent, a host name
     that does not resolve and a refused connection all leave a run whose files are cached working, without

@@ -55,17 +55,19 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory, tiny_t5_dir):
-    """Two finished training runs of different adapters (seeds) on the same base model."""
+    """Two finished training runs of different adapters (seeds) on the same base model, and the folder of a
+    prediction-only run with the first (`news`); tests copy what they change."""
     root = tmp_path_factory.mktemp("adapters")
     run(train_argv(tiny_t5_dir, root / "a", "--seed", "1"))
     run(train_argv(tiny_t5_dir, root / "b", "--seed", "2"))
     (root / "news.txt").write_text(LABELLED, encoding="utf-8")
+    run(predict_argv(root / "a", root / "news.txt", root / "news"))
     return root
 
 
 def test_training_into_a_prediction_folder_is_refused_then_replaced(adapters, tiny_t5_dir, tmp_path, capsys, caplog):
     news = tmp_path / "news"
-    run(predict_argv(adapters / "a", adapters / "news.txt", news))
+    shutil.copytree(adapters / "news", news)
     before = snapshot(news)
     assert {"predictions.jsonl", "predict_results.json", "all_results.json", "run_args.json"} <= set(before)
 
@@ -99,10 +101,10 @@ def test_predicting_with_a_run_into_its_own_folder_stays_allowed(adapters, tmp_p
     assert results["predict_rows"] == 3 and "train_loss" in results  # the model's own results, side by side
     run(predict_argv(own, adapters / "news.txt", own, "--do_eval", "--validation_file", adapters / "news.txt"))
     assert (own / "eval_results.json").is_file()
-    # ... and predicting again with the same model into a prediction folder resumes (predict.py), not refused.
+    # ... and predicting again with the same model next to its predictions resumes them (predict.py), not refused.
     news = tmp_path / "news"
-    run(predict_argv(own, adapters / "news.txt", news))
-    run(predict_argv(own, adapters / "news.txt", news))
+    shutil.copytree(adapters / "news", news)
+    run(predict_argv(adapters / "a", adapters / "news.txt", news))
     assert len((news / "predictions.jsonl").read_text().splitlines()) == 3
 
 
@@ -124,7 +126,7 @@ def test_predicting_with_another_model_into_a_training_folder_is_refused(adapter
 
 def test_predicting_with_another_model_into_a_prediction_folder_is_refused(adapters, tmp_path, capsys):
     news = tmp_path / "news"
-    run(predict_argv(adapters / "a", adapters / "news.txt", news))
+    shutil.copytree(adapters / "news", news)
     before = snapshot(news)
     line = refusal(capsys, predict_argv(adapters / "b", adapters / "news.txt", news))
     assert line == (
@@ -185,12 +187,10 @@ def test_run_args_json_has_every_argument_no_token_and_is_never_published(tiny_t
 @pytest.mark.parametrize("kept", [["adapter_model.safetensors", "adapter_config.json"], ["run_args.json"]])
 def test_leftovers_of_another_run_are_not_trained_over(adapters, tiny_t5_dir, tmp_path, capsys, kept):
     """An adapter with no record of its run (copied from elsewhere), or the record of a run that did not train."""
-    news = tmp_path / "news"
-    run(predict_argv(adapters / "a", adapters / "news.txt", news))
     folder = tmp_path / "leftovers"
     folder.mkdir()
     for name in kept:
-        shutil.copy((adapters / "a" if name.startswith("adapter") else news) / name, folder / name)
+        shutil.copy(adapters / ("a" if name.startswith("adapter") else "news") / name, folder / name)
     line = refusal(capsys, train_argv(tiny_t5_dir, folder))
     expected = (
         "adapter_config.json, adapter_model.safetensors" if len(kept) == 2 else "run_args.json: a run without training"
