@@ -12,8 +12,8 @@
   run): refused in one line, unless `--overwrite_output_dir`, which removes the files this package writes there
   (they are named in the log) and nothing else.
 
-The folder's run is known from `run_args.json` (written by `run_log.save_run_args` at the start of every run) and,
-for predictions, from `predictions.state.json`.
+The folder's run is known from `run_args.json` (written by `run_log.save_run_args`: by a training run before its first
+weight, by a run that does not train once it is done) and, for predictions, from `predictions.state.json`.
 """
 
 from __future__ import annotations

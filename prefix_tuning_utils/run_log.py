@@ -98,11 +98,15 @@ class QuietProgressCallback(ProgressCallback):
     rather than in a nested bar: written to a log file (no terminal), a nested bar leaves blank and half-drawn lines
     at every evaluation. The training's final summary is left to `log_metrics`."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._evaluated = 0  # batches of the evaluation in progress during training
+
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         if self.training_bar is None:
             return super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
         if state.is_world_process_zero:
-            self._evaluated = getattr(self, "_evaluated", 0) + 1
+            self._evaluated += 1
             total = (
                 len(eval_dataloader) if eval_dataloader is not None and hasattr(eval_dataloader, "__len__") else "?"
             )
