@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Prefix-tune a frozen seq2seq model (T5) on a text classification task, text-to-text.
 
-    accelerate launch run_prefix_tuning.py recipes/t5-large_financial_phrasebank.yaml
+    accelerate launch --quiet --config_file accelerate_configs/default.yaml run_prefix_tuning.py recipes/t5-large_financial_phrasebank.yaml
     python run_prefix_tuning.py recipes/quickstart.yaml --num_train_epochs 2   # flags override the recipe
     python run_prefix_tuning.py --help
 

@@ -376,8 +376,9 @@ class PrefixTrainingArguments(Seq2SeqTrainingArguments):
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
-            "help": "Train again in an --output_dir that holds a finished run: its checkpoints and result files are "
-            "removed first (nothing else). Without it, a finished run is refused and an unfinished one resumed."
+            "help": "Replace the run in --output_dir: the files this package writes there (checkpoints, adapter, "
+            "results, predictions, run_args.json, ...) are removed first, nothing else. Without it, a folder holding "
+            "another run's outputs is refused, and an unfinished training run of the same model is resumed."
         },
     )
 

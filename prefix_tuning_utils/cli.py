@@ -1,6 +1,7 @@
 """The command line: `prefix-tuning` (console script) and `python run_prefix_tuning.py` run `cli()`.
 
-    accelerate launch run_prefix_tuning.py recipes/t5-large_financial_phrasebank.yaml
+    accelerate launch --quiet --config_file accelerate_configs/default.yaml run_prefix_tuning.py \
+        recipes/t5-large_financial_phrasebank.yaml
     prefix-tuning recipes/quickstart.yaml --num_train_epochs 2   # flags override the recipe
     prefix-tuning --help
     prefix-tuning serve --adapter acme=runs/acme --adapter globex=org/globex-prefix   # HTTP server (serving/)
@@ -27,11 +28,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import datasets
-import transformers
 from transformers import PretrainedConfig, set_seed
 
-from . import hub, model_card
+from . import hub, interrupts, model_card, run_log
 from .all_layer_prefix import check_scope_supported
 from .answering import LabelScorer
 from .arguments import (
@@ -44,7 +43,7 @@ from .arguments import (
     parse_args,
     parse_push_args,
 )
-from .data import LabelledData, get_datasets, to_dataset_dict
+from .data import LabelledData, get_datasets, hub_dataset_repo, to_dataset_dict
 from .errors import ArgumentError, HubUnavailableError, PushError, TrainingDivergedError
 from .input_format import InputFormat
 from .metrics import build_compute_metrics
@@ -58,12 +57,13 @@ from .modeling import (
     load_base_model,
     trainable_parameters,
 )
-from .network import DATA_ADVICE, MODEL_ADVICE, bound_hub_timeouts, hub_step
-from .output_dir import prepare_output_dir
+from .network import bound_hub_timeouts, data_advice, hub_step, model_advice
+from .output_dir import RunIdentity, prepare_output_dir
 from .predict import predict
 from .prefix_init import init_prefix_from_text
 from .preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
 from .run_folder import TrainedModel, find_trained_model, save_initialised_base
+from .run_log import setup_logging
 from .trainer import PrefixTuningTrainer, set_sample_count
 
 
@@ -80,34 +80,6 @@ __all__ = [
     "setup_logging",
     "split_subcommand",
 ]
-
-
-def setup_logging(training_args: PrefixTrainingArguments | None = None) -> None:
-    """The logging of every command: lines on stdout, this package and transformers at the process's level. Without
-    training arguments (a subcommand: one process) at info, with no per-process summary line."""
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    if training_args is None or training_args.should_log:
-        transformers.utils.logging.set_verbosity_info()
-    log_level = training_args.get_process_log_level() if training_args is not None else logging.INFO
-    logger.setLevel(log_level)
-    logging.getLogger("prefix_tuning_utils").setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    # Every log line goes to stdout through the root handler, so that stderr holds only progress bars and, on bad
-    # input, the one-line error.
-    transformers.utils.logging.disable_default_handler()
-    transformers.utils.logging.enable_propagation()
-    if training_args is None:
-        return
-    logger.warning(
-        f"Process rank: {training_args.process_index} of {training_args.world_size}, device: {training_args.device}, "
-        f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value}, "
-        f"mixed precision: {training_args.mixed_precision}"
-    )
 
 
 @dataclass
@@ -147,30 +119,31 @@ def resolve_and_validate(argv: list[str]) -> Run:
     # The Trainer must neither push nor pickle the token (training_args.bin): the Hub settings move out of its args.
     hub_settings = hub.take_hub_settings(training_args, model_args)
     setup_logging(training_args)
-    logger.info(
+    logger.debug(  # --log_level debug; run_args.json in --output_dir holds them too
         f"Model {model_args}\nData {data_args}\nPrefix {prefix_args}\nPredict {predict_args}\nTraining {training_args}"
     )
 
     # Without --do_train, a model or adapter written by this script is used as it is, with the label words and input
     # format saved next to it; an adapter's base model is found from its config.
     model_name = model_args.model_name_or_path
-    with hub_step(f"looking up {model_name} on the Hub", MODEL_ADVICE):
+    with hub_step(f"looking up {model_name} on the Hub", model_advice(model_name, model_args.cache_dir)):
         trained = None if training_args.do_train else find_trained_model(model_args)
     if trained is not None:
         trained.apply_settings(data_args)
         model_args = trained.base_args
 
     # Checks that need no weights: config, tokenizer, data.
-    with hub_step(f"loading the model config of {model_args.model_name_or_path}", MODEL_ADVICE):
+    advice = model_advice(model_args.model_name_or_path, model_args.cache_dir)
+    with hub_step(f"loading the model config of {model_args.model_name_or_path}", advice):
         config = get_model_config(model_args)
     # fp16 can also come from the accelerate config (mixed_precision: fp16) without --fp16.
     task = check_model_config(config, fp16=training_args.fp16 or training_args.mixed_precision == "fp16")
-    with hub_step(
-        f"loading the tokenizer of {model_args.tokenizer_name or model_args.model_name_or_path}", MODEL_ADVICE
-    ):
+    tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
+    with hub_step(f"loading the tokenizer of {tokenizer_name}", model_advice(tokenizer_name, model_args.cache_dir)):
         tokenizer = get_tokenizer(model_args, task)
     check_scope_supported(config, prefix_args.prefix_scope)
-    with hub_step(f"downloading the dataset {data_args.dataset_name}", DATA_ADVICE):
+    data_repo = hub_dataset_repo(data_args.dataset_name or "")
+    with hub_step(f"downloading the dataset {data_args.dataset_name}", data_advice(data_repo, model_args.cache_dir)):
         splits, labels = get_datasets(data_args, model_args.cache_dir, model_args.token)
     if training_args.do_train and "train" not in splits:
         raise ArgumentError("--do_train needs training data: --dataset_name or --train_file.")
@@ -211,7 +184,8 @@ def resolve_and_validate(argv: list[str]) -> Run:
 def build_run_model(run: Run, checkpoint: str | None):
     """The frozen base with a trainable prefix (or a baseline method), a trained model, or the base as it is."""
     model_args, prefix_args, training_args = run.model_args, run.prefix_args, run.training_args
-    with hub_step(f"downloading the weights of {model_args.model_name_or_path}", MODEL_ADVICE, any_os_error=True):
+    advice = model_advice(model_args.model_name_or_path, model_args.cache_dir)
+    with hub_step(f"downloading the weights of {model_args.model_name_or_path}", advice, any_os_error=True):
         model = load_base_model(model_args, run.config, run.task)
         if run.trained is not None:
             model = run.trained.load(model)
@@ -240,7 +214,7 @@ def answering_scorer(run: Run, model) -> LabelScorer:
 
 def build_trainer(run: Run, model, tokenized: dict) -> PrefixTuningTrainer:
     args = run.training_args
-    return PrefixTuningTrainer(
+    trainer = PrefixTuningTrainer(
         model=model,
         args=args,
         train_dataset=tokenized.get("train") if args.do_train else None,
@@ -254,6 +228,8 @@ def build_trainer(run: Run, model, tokenized: dict) -> PrefixTuningTrainer:
         cache_encoder_outputs=run.prefix_args.cache_encoder_outputs,
         callbacks=hub.get_callbacks(run.hub_settings),
     )
+    run_log.use_quiet_progress(trainer)
+    return trainer
 
 
 def train(trainer, run: Run, checkpoint: str | None, train_samples: int, parameters: tuple[int, int]) -> None:
@@ -266,7 +242,7 @@ def train(trainer, run: Run, checkpoint: str | None, train_samples: int, paramet
     metrics["tuning_method"] = run.prefix_args.tuning_method
     metrics["trainable_parameters"] = trainable
     metrics["trainable_percent"] = 100 * trainable / total
-    trainer.log_metrics("train", metrics)
+    run_log.log_metrics(trainer, "train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
 
@@ -276,7 +252,7 @@ def evaluate(trainer, eval_samples: int) -> list:
     logger.info("*** Evaluate ***")
     metrics = trainer.evaluate(metric_key_prefix="eval")
     set_sample_count(metrics, "eval", eval_samples)
-    trainer.log_metrics("eval", metrics)
+    run_log.log_metrics(trainer, "eval", metrics)
     trainer.save_metrics("eval", metrics)
     compute_metrics = trainer.compute_metrics
     return compute_metrics.last_answers if compute_metrics is not None else trainer.last_eval_answers
@@ -285,7 +261,9 @@ def evaluate(trainer, eval_samples: int) -> list:
 def predict_test(trainer, run: Run) -> None:
     logger.info("*** Predict ***")
     metrics = predict(trainer, run.data_args, run.predict_args, run.model_args, run.splits.get("test"), run.model_name)
-    trainer.log_metrics("predict", {key: value for key, value in metrics.items() if not isinstance(value, dict)})
+    run_log.log_metrics(
+        trainer, "predict", {key: value for key, value in metrics.items() if not isinstance(value, dict)}
+    )
     trainer.save_metrics("predict", metrics)
 
 
@@ -357,9 +335,13 @@ def main(argv: list[str] | None = None):
         return SUBCOMMANDS[subcommand](argv)
     run = resolve_and_validate(argv)
     args = run.training_args
-    checkpoint = prepare_output_dir(
-        args.output_dir, args.do_train, args.overwrite_output_dir, args.resume_from_checkpoint
+    identity = RunIdentity.of(run.model_name, run.model_args, run.prefix_args, args.do_train)
+    checkpoint = prepare_output_dir(args.output_dir, identity, args.overwrite_output_dir, args.resume_from_checkpoint)
+    arguments = run_log.run_arguments(
+        run.argv, run.model_args, run.data_args, run.prefix_args, run.predict_args, args, identity
     )
+    if args.do_train and args.should_save:  # the folder is this run's from now on: its arguments, before any weight
+        run_log.save_run_args(args.output_dir, arguments)
     set_seed(args.seed)
 
     model, parameters = build_run_model(run, checkpoint)
@@ -378,6 +360,8 @@ def main(argv: list[str] | None = None):
         predict_test(trainer, run)
     if args.do_train and run.publishable and trainer.is_world_process_zero():
         write_card_and_publish(trainer, run, parameters, eval_answers)
+    if not args.do_train and args.should_save:  # written last: bad input rows leave the folder as it was
+        run_log.save_run_args(args.output_dir, arguments)
     return trainer
 
 
@@ -390,7 +374,8 @@ def _bare_debug(argv: list[str]) -> bool:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """Run `main`; a problem with the user's input is one line on stderr and exit code 2 (traceback: --debug)."""
+    """Run `main`; a problem with the user's input is one line on stderr and exit code 2 (traceback: --debug), and so
+    is Ctrl-C, with exit code 130."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _bare_debug(argv)
     if debug:
@@ -407,3 +392,9 @@ def cli(argv: list[str] | None = None) -> None:
     except (PushError, HubUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: what was kept and the command that goes on, in one line (traceback: --debug)
+        if debug:
+            raise
+        interrupts.close_progress_bars()
+        print(f"\ninterrupted: {interrupts.what_was_kept(argv)}", file=sys.stderr)
+        sys.exit(130)

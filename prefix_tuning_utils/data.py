@@ -26,6 +26,8 @@ __all__ = [
     "LabelledData",
     "load_financial_phrasebank",
     "get_datasets",
+    "hub_dataset_repo",
+    "is_financial_phrasebank",
     "read_data_file",
     "stratified_split",
     "to_dataset_dict",
@@ -148,6 +150,15 @@ def warn_conflicting_duplicates(data: LabelledData) -> list[tuple[str, list[int]
     return conflicts
 
 
+def is_financial_phrasebank(dataset_name: str) -> bool:
+    return dataset_name.rstrip("/").split("/")[-1] == "financial_phrasebank"
+
+
+def hub_dataset_repo(dataset_name: str) -> str:
+    """The Hub dataset repo --dataset_name downloads from (financial_phrasebank: the repo of its original archive)."""
+    return FINANCIAL_PHRASEBANK_REPO if is_financial_phrasebank(dataset_name) else dataset_name
+
+
 def get_datasets(
     args: DataTrainingArguments, cache_dir: str | None = None, token: str | None = None
 ) -> tuple[dict[str, LabelledData], list[str]]:
@@ -155,7 +166,7 @@ def get_datasets(
     labels = args.label_list
     splits: dict[str, LabelledData] = {}
     if args.dataset_name is not None:
-        if args.dataset_name.rstrip("/").split("/")[-1] == "financial_phrasebank":
+        if is_financial_phrasebank(args.dataset_name):
             labels = labels or list(FINANCIAL_PHRASEBANK_LABELS)
             splits["train"] = load_financial_phrasebank(
                 args.dataset_config_name or "sentences_allagree", args.dataset_revision, cache_dir, token

@@ -30,6 +30,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .data import FINANCIAL_PHRASEBANK_CONFIGS, FINANCIAL_PHRASEBANK_REPO
 from .metrics import NO_LABEL, confusion_matrix, label_report, plot_confusion_matrix
+from .modeling import initialises_from_config
 from .run_files import ADAPTER_CONFIG_FILE, ALL_RESULTS_FILE, CARD_FILE, CONFUSION_PNG, LOSS_PNG, PLOT_FILES
 from .run_files import ADAPTER_WEIGHTS_FILE as ADAPTER_WEIGHTS
 from .run_files import ALL_LAYER_PREFIX_FILE as SCOPE_WEIGHTS  # --prefix_scope all: the added prefixes
@@ -188,6 +189,8 @@ def build_run_record(
         "output_dir": args.output_dir,
         "base_model": model_args.model_name_or_path,
         "base_model_revision": model_args.model_revision,
+        # False for a base initialised from its config (random weights, saved to base_model/): the quickstart's.
+        "base_model_pretrained": not initialises_from_config(model_args),
         "model_type": trainer.accelerator.unwrap_model(trainer.model).config.model_type,
         "prefix": {
             "num_virtual_tokens": prefix_args.num_virtual_tokens,
@@ -317,7 +320,12 @@ def _dataset_description(record: dict) -> tuple[str, str | None, str | None, str
 
 
 def _card_data(record, results, model_name, base_model, dataset_id, dataset_config, license):
-    """The front matter: peft's metadata, and a model-index with the validation accuracy and macro-F1."""
+    """The front matter: peft's metadata, and a model-index with the validation accuracy and macro-F1.
+
+    No model-index for a base model with random weights: the Hub shows a model-index as the model's evaluation
+    results (on its page, in search and leaderboards), where a number says "this model scores 0.65" without the card
+    text that says the weights are random. The card's body still shows the scores, under that warning.
+    """
     data = record["data"]
     tags = ["prefix-tuning", "peft", "text-classification", record["model_type"]]
     if data["financial_phrasebank_config"]:
@@ -333,7 +341,7 @@ def _card_data(record, results, model_name, base_model, dataset_id, dataset_conf
         "dataset_config": dataset_config,
         "dataset_split": "validation",
     }
-    if "eval_accuracy" in results:
+    if "eval_accuracy" in results and record.get("base_model_pretrained", True):
         eval_results.append(
             EvalResult(**common, metric_type="accuracy", metric_value=results["eval_accuracy"], metric_name="Accuracy")
         )
@@ -443,6 +451,8 @@ def render_model_card(
         base=base,
         base_on_hub=base_on_hub,
         base_link=f"[`{base}`]({HUB_URL}/{base})" if base_on_hub else f"`{base}` (a local folder)",
+        random_base=not record.get("base_model_pretrained", True),
+        initialised_from=record["base_model"],
         data_text=data_text,
         label_list=", ".join(f"`{label}`" for label in record["data"]["labels"]),
         record=record,

@@ -57,6 +57,8 @@ __all__ = [
     "STATE_FILE",
     "InputSummary",
     "answer_rows",
+    "changed_settings",
+    "count_complete_rows",
     "predict",
     "save_confusion_matrix",
     "scan_input",
@@ -146,6 +148,11 @@ def _complete_rows(path: str) -> tuple[int, int, bytes | None]:
     return count, end, last
 
 
+def count_complete_rows(path: str) -> int:
+    """The rows of predictions.jsonl that were written completely (a run killed mid-write may leave half a line)."""
+    return _complete_rows(path)[0]
+
+
 def _write_json(path: str, value) -> None:
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
@@ -176,6 +183,26 @@ def _model_identity(path: str | None) -> list | str | None:
     )
 
 
+# A setting that follows from another: when its cause changed too, only the cause is named (the user changed that).
+# Score mode records no beams, so --predict_mode generate alone also changes num_beams; a new input path a new digest.
+DERIVED_SETTINGS = {
+    "num_beams": ("predict_mode",),
+    "input_digest": ("input",),
+    "model_files": ("model",),
+    "base_model": ("model",),
+    "base_model_files": ("base_model", "model"),
+    "task": ("model",),
+    "labels": ("model",),
+    "prompt_template": ("task", "model"),
+}
+
+
+def changed_settings(old: dict, new: dict) -> list[str]:
+    """The settings that differ between two runs' predictions, without those that only follow from another."""
+    changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+    return [key for key in changed if not set(DERIVED_SETTINGS.get(key, ())) & set(changed)] or changed
+
+
 def _start_or_resume(output_dir: str, settings: dict, total: int, overwrite: bool) -> tuple[int, int | None]:
     """Main process: make `predictions.jsonl` ready to append to. Returns (rows already done, line of the last).
 
@@ -196,8 +223,7 @@ def _start_or_resume(output_dir: str, settings: dict, total: int, overwrite: boo
                 "--overwrite_predictions to replace it, or choose another --output_dir."
             )
         if state.get("settings") != settings:
-            old = state.get("settings") or {}
-            changed = sorted(key for key in set(old) | set(settings) if old.get(key) != settings.get(key))
+            changed = changed_settings(state.get("settings") or {}, settings)
             raise ArgumentError(
                 f"{predictions} holds predictions made from another input or with other settings "
                 f"(changed: {', '.join(changed)}); pass --overwrite_predictions to start again, or choose another "

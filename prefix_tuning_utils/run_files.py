@@ -23,6 +23,8 @@ __all__ = [
     "CHECKPOINT_COMPLETE_FILE",
     "CHECKPOINT_STATE_FILES",
     "CONFUSION_PNG",
+    "EVAL_RESULTS_FILE",
+    "GENERATION_CONFIG_FILE",
     "LOSS_PNG",
     "MODEL_CONFIG_FILE",
     "NO_LABEL",
@@ -31,9 +33,11 @@ __all__ = [
     "PREDICTIONS_FILE",
     "PREDICTIONS_STATE_FILE",
     "PREDICT_CONFUSION_PNG",
+    "PREDICT_RESULTS_FILE",
     "PREFIX_ENCODER_FILE",
     "PREFIX_SCOPE_KEY",
     "RESULT_FILES",
+    "RUN_ARGS_FILE",
     "RUN_RECORD_FILE",
     "TASK_SETTINGS_FILE",
     "TOKENIZER_CONFIG_FILE",
@@ -59,6 +63,7 @@ BASE_MODEL_DIR = "base_model"
 
 # --- a complete model (transformers' names): its config and weights ---------------------------------------------
 MODEL_CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -83,9 +88,14 @@ TOKENIZER_FILES = (
 ALL_RESULTS_FILE = "all_results.json"
 # Written at the end of a successful training run (by `trainer.save_metrics("train", ...)`): the run is finished.
 TRAIN_RESULTS_FILE = "train_results.json"
-RESULT_FILES = (ALL_RESULTS_FILE, TRAIN_RESULTS_FILE, "eval_results.json", "predict_results.json")
+EVAL_RESULTS_FILE = "eval_results.json"
+PREDICT_RESULTS_FILE = "predict_results.json"
+RESULT_FILES = (ALL_RESULTS_FILE, TRAIN_RESULTS_FILE, EVAL_RESULTS_FILE, PREDICT_RESULTS_FILE)
 TRAINER_STATE_FILE = "trainer_state.json"
 TRAINING_ARGS_FILE = "training_args.bin"  # a pickle of the arguments: never read, never published
+# The arguments of the run that last wrote to the folder (tokens redacted), and what identifies it
+# (output_dir.RunIdentity): which run a folder holds.
+RUN_ARGS_FILE = "run_args.json"
 # What `resume_from_checkpoint` needs besides the adapter (patterns, as the Trainer names them).
 CHECKPOINT_STATE_FILES = (TRAINER_STATE_FILE, "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
 # Written into a checkpoint folder after everything else; a run killed while saving leaves a folder without it,

@@ -18,6 +18,7 @@ import logging
 import os
 
 from peft import PeftModel
+from transformers.utils import logging as hf_logging
 
 from .arguments import DataTrainingArguments, ModelArguments
 from .errors import ArgumentError
@@ -49,7 +50,13 @@ def save_initialised_base(model, tokenizer, output_dir: str) -> str:
     """
     base_dir = os.path.abspath(os.path.join(output_dir, BASE_MODEL_DIR))
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    base.save_pretrained(base_dir)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Writing model shards" bar for one small file, on every such run
+    try:
+        base.save_pretrained(base_dir)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(base_dir)
     for config in getattr(model, "peft_config", {}).values():
         config.base_model_name_or_path = base_dir

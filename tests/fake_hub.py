@@ -93,7 +93,8 @@ class FakeHub:
     """Fake Hub on 127.0.0.1:<free port>, served by a background thread; repos live in a temp directory.
 
     `with FakeHub() as hub:` = `start()` + `patch_hf_endpoint(hub.url)`, all undone on exit.
-    Failure injection (HTTP status or None): `fail_commit`, `fail_create_repo`; `fail_download` {file name: status}.
+    Failure injection (HTTP status or None): `fail_commit`, `fail_create_repo`; `fail_download` {file name: status};
+    `answer_delay`: seconds every answer waits (a slow Hub).
     Recording: `requests`, `uploads` (decoded commit contents), `unhandled`; helpers `files()`, `all_uploaded_bytes()`.
 
     `disable_xet=True` (default) sets HF_HUB_DISABLE_XET while patched, so `upload_folder` takes the plain
@@ -110,6 +111,7 @@ class FakeHub:
         self.fail_commit: int | None = None
         self.fail_create_repo: int | None = None
         self.fail_download: dict[str, int] = {}  # file name -> HTTP status its download answers
+        self.answer_delay = 0.0  # seconds before every answer
         self.requests: list[RecordedRequest] = []
         self.uploads: list[Upload] = []
         self.unhandled: list[RecordedRequest] = []
@@ -415,6 +417,7 @@ class _Handler(BaseHTTPRequestHandler):
             print(payload["error"], file=sys.stderr)
         if not isinstance(payload, bytes):
             payload, headers = json.dumps(payload).encode(), {**headers, "Content-Type": "application/json"}
+        time.sleep(hub.answer_delay)
         self.send_response(status)
         for name, value in {**headers, "Content-Length": str(len(payload))}.items():
             self.send_header(name, value)

@@ -73,6 +73,7 @@ def test_shipped_config_loads_strictly_and_is_commented(path):
 def test_every_config_the_issue_asks_for_is_shipped():
     names = {path.name for path in CONFIGS}
     assert names == {
+        "default.yaml",  # the README's main command (issue #30)
         "cpu.yaml",
         "multi_cpu.yaml",
         "single_gpu.yaml",

@@ -7,9 +7,11 @@ import contextlib
 import io
 import json
 import re
+import shutil
 
 import pytest
 import torch
+import yaml
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
@@ -81,3 +83,31 @@ def test_card_snippet_loads_the_adapter_with_all_its_prefixes(all_scope_run, mon
     # It answers what the card's comment says the trained model answered.
     expected = re.search(r"skip_special_tokens=True\)\)  # (.*)\n", usage).group(1)
     assert stdout.getvalue().strip() == expected
+
+
+def test_card_of_a_base_without_pretrained_weights_says_so_first_and_publishes_no_scores(all_scope_run, tmp_path):
+    """The quickstart's base (examples/tiny-t5: a config, no weights) is random: the card says so under its title, and
+    its model-index (the Hub's evaluation results) is left out; the same run on a pretrained base keeps both."""
+    out, _ = all_scope_run
+    card = (out / "README.md").read_text(encoding="utf-8")
+    meta = yaml.safe_load(re.match(r"---\n(.*?)\n---\n", card, re.S).group(1))
+    assert "model-index" not in meta and meta["library_name"] == "peft"
+    body = card.split("\n---\n", 1)[1]
+    assert body.startswith(
+        f"\n# {out.name}\n\n> **The base model has no pretrained weights.** `examples/tiny-t5` holds a config and no "
+        "weights, so the base\n> model was initialised at random (and saved next to the adapter, in `base_model/`)."
+    ), body[:400]
+    assert "its scores are not those of a useful model" in body
+    assert "| accuracy |" in body  # the scores are still shown, under the warning
+    assert json.loads((out / model_card.RUN_RECORD).read_text())["base_model_pretrained"] is False
+
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(out, pretrained)
+    record = json.loads((pretrained / model_card.RUN_RECORD).read_text())
+    record["base_model_pretrained"] = True
+    (pretrained / model_card.RUN_RECORD).write_text(json.dumps(record))
+    other = str(model_card.render_model_card(pretrained))
+    (index,) = yaml.safe_load(re.match(r"---\n(.*?)\n---\n", other, re.S).group(1))["model-index"]
+    results = json.loads((out / "all_results.json").read_text())
+    assert index["results"][0]["metrics"][0]["value"] == results["eval_accuracy"]
+    assert "no pretrained weights" not in other

@@ -27,6 +27,7 @@ from prefix_tuning_utils.answering import LabelScorer
 from prefix_tuning_utils.arguments import ArgumentError, DataTrainingArguments
 from prefix_tuning_utils.input_format import InputFormat
 from prefix_tuning_utils.metrics import classification_metrics, confusion_metrics
+from prefix_tuning_utils.predict import changed_settings
 from prefix_tuning_utils.readers import InputReader
 from prefix_tuning_utils.run_files import TASK_SETTINGS_FILE
 from tests.conftest import REPO, tiny_t5_config
@@ -393,10 +394,16 @@ def test_resume_after_a_partial_write_and_refusal_of_other_predictions(full_mode
 
     other = tmp_path / "other.txt"
     other.write_text(QUICKSTART.read_text(encoding="iso-8859-1").replace("Delta", "Gamma"), encoding="iso-8859-1")
-    with pytest.raises(ArgumentError, match=r"another input or with other settings \(changed: input, input_digest\)"):
+    refusal = (
+        f"{out / 'predictions.jsonl'} holds predictions made from another input or with other settings (changed: "
+        "{}); pass --overwrite_predictions to start again, or choose another --output_dir."
+    )
+    with pytest.raises(ArgumentError) as error:  # a new path: named, its digest follows from it
         run_main(predict_argv(full_model_dir, other, out))
-    with pytest.raises(ArgumentError, match=r"changed: num_beams, predict_mode\)"):
+    assert str(error.value) == refusal.format("input")
+    with pytest.raises(ArgumentError) as error:  # score mode records no beams: only the mode changed
         run_main(argv + ["--predict_mode", "generate"])
+    assert str(error.value) == refusal.format("predict_mode")
     run_main(predict_argv(full_model_dir, other, out, "--overwrite_predictions"))
     assert read_rows(out)[0]["text"].startswith("Gamma Freight")
 
@@ -465,6 +472,24 @@ def test_resuming_after_the_input_was_edited_or_the_model_retrained_in_place_is_
     with pytest.raises(ArgumentError, match=r"\(changed: base_model_files, model_files\)"):
         run_main(argv)
     assert (out / "predictions.jsonl").read_bytes() == left
+
+
+def test_a_refusal_names_only_the_settings_the_user_changed():
+    score = {"input": "/a.txt", "input_digest": "d1", "model": "runs/a", "model_files": [["x", 1, 2]],
+             "base_model": "t5", "base_model_files": "t5", "task": "seq2seq", "labels": ["neg", "pos"],
+             "predict_mode": "score", "num_beams": None, "source_prefix": "", "prompt_template": None,
+             "max_source_length": 256}  # fmt: skip
+    generate = {**score, "predict_mode": "generate", "num_beams": 1}
+    assert changed_settings(score, generate) == ["predict_mode"]
+    assert changed_settings(generate, {**generate, "num_beams": 4}) == ["num_beams"]
+    assert changed_settings(score, {**score, "input_digest": "d2"}) == ["input_digest"]  # the same file, edited
+    assert changed_settings(score, {**score, "input": "/b.txt", "input_digest": "d2"}) == ["input"]
+    assert changed_settings(score, {**score, "model_files": [["x", 1, 3]]}) == ["model_files"]  # retrained in place
+    other_model = {**score, "model": "runs/b", "model_files": [], "labels": ["bad", "good"], "max_source_length": 64}
+    assert changed_settings(score, other_model) == ["max_source_length", "model"]
+    assert changed_settings(score, {**generate, "num_beams": 4, "source_prefix": "s: "}) == [
+        "predict_mode", "source_prefix"
+    ]  # fmt: skip
 
 
 # --- acceptance 2: kill -9 part-way through 20,000 rows, restart, every row exactly once, in order ---

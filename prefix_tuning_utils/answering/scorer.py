@@ -35,6 +35,22 @@ def _returned_cache(output):
     return cache if cache is not None else output.past_key_values
 
 
+@contextlib.contextmanager
+def _max_new_tokens_only(model):
+    """Within the block, the model's generation config sets no `max_length`: every call here gives `max_new_tokens`,
+    and Seq2SeqTrainer's evaluation writes its default max_length (20) into the config, which would make generate()
+    warn that one overrides the other."""
+    config = getattr(model, "generation_config", None)
+    if config is None or config.max_length is None:
+        yield
+        return
+    saved, config.max_length = config.max_length, None
+    try:
+        yield
+    finally:
+        config.max_length = saved
+
+
 def _ones(rows: int, columns: int, like: torch.Tensor) -> torch.Tensor:
     return like.new_ones(rows, columns)
 
@@ -322,14 +338,16 @@ class LabelScorer:
             generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
             virtual = self._virtual(len(texts), adapters)
             if virtual is None:
-                output = self.model.generate(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **generate_kwargs
-                )
+                with _max_new_tokens_only(self.model):
+                    output = self.model.generate(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **generate_kwargs
+                    )
                 prompt_tokens = batch["input_ids"].shape[1]
             else:
                 inputs = self._generation_inputs(batch, virtual)
-                with self._all_scope(virtual), self._routed_generation(virtual, inputs):
-                    output = self._base_model().generate(**inputs, **generate_kwargs)
+                base = self._base_model()
+                with self._all_scope(virtual), self._routed_generation(virtual, inputs), _max_new_tokens_only(base):
+                    output = base.generate(**inputs, **generate_kwargs)
                 prompt_tokens = batch["input_ids"].shape[1] if "input_ids" in inputs else 0
         finally:
             self.model.train(was_training)

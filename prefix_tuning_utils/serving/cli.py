@@ -15,9 +15,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 
+from .. import run_log
 from ..arguments import _flags_given, _into_dataclasses, _Parser, _refuse_unknown, _split_recipe, _use_recipe
 from ..errors import ArgumentError
 from .settings import LOG_LEVELS, ServeSettings, SettingsError
@@ -193,21 +193,10 @@ def parse_serve_args(argv: list[str]) -> ServeSettings:
 
 
 def setup_logging(level: str) -> None:
-    """Every log line on stdout (as training does), so that stderr holds only a failure's one line."""
-    import transformers
-
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-        force=True,
-    )
-    numeric = getattr(logging, level.upper())
-    for name in ("prefix_tuning_utils", "uvicorn"):
-        logging.getLogger(name).setLevel(numeric)
-    transformers.utils.logging.set_verbosity(max(numeric, logging.WARNING))
-    transformers.utils.logging.disable_default_handler()
-    transformers.utils.logging.enable_propagation()
+    """The logging of every command (`run_log.setup_logging`: lines on stdout, so that stderr holds only a failure's
+    one line), at `level` for this package and uvicorn."""
+    run_log.setup_logging(level=level)
+    logging.getLogger("uvicorn").setLevel(logging.getLevelName(level.upper()))
 
 
 def main(argv: list[str]) -> None:
