@@ -437,8 +437,12 @@ WORDS = ["--label_words", ",".join(LABELS)]
         ("tiny_llama_dir", WORDS, [*WORDS, "--prompt_template", "Text: {text}\nLabel:"], "prompt_template"),
         ("tiny_t5_dir", WORDS, ["--label_words", "bad,so-so,good"], "labels"),
         ("tiny_t5_dir", WORDS, ["--label_words", "positive,neutral,negative"], "labels"),
+        # Score mode records no beams: switching to generate names the mode only (issue 30, item 7) ...
         ("tiny_t5_dir", WORDS, [*WORDS, "--predict_mode", "generate", "--generation_num_beams", "2"],
-         "num_beams, predict_mode"),
+         "predict_mode"),
+        # ... and in generate mode a change of beams alone is named.
+        ("tiny_t5_dir", [*WORDS, "--predict_mode", "generate"],
+         [*WORDS, "--predict_mode", "generate", "--generation_num_beams", "2"], "num_beams"),
     ],
 )  # fmt: skip
 def test_resuming_with_settings_that_change_the_answers_is_refused(request, tmp_path, model, first, second, changed):
