@@ -294,19 +294,20 @@ def predict_test(trainer, run: Run) -> None:
 
 def write_card_and_publish(trainer, run: Run, parameters: tuple[int, int], eval_answers) -> None:
     logger.info("*** Model card ***")  # always saved locally, before anything is pushed
-    record = model_card.build_run_record(
-        trainer,
-        argv=run.argv,
-        model_args=run.model_args,
-        data_args=run.data_args,
-        prefix_args=run.prefix_args,
-        labels=run.labels,
-        split_sizes={name: len(data) for name, data in run.splits.items()},
-        parameters=parameters,
-        eval_answers=eval_answers,
-        hub_settings=run.hub_settings,
-        scorer=answering_scorer(run, trainer.accelerator.unwrap_model(trainer.model)),
-    )
+    with trainer.accelerator.autocast():  # the card's example answer computed as evaluation computes (precision.py)
+        record = model_card.build_run_record(
+            trainer,
+            argv=run.argv,
+            model_args=run.model_args,
+            data_args=run.data_args,
+            prefix_args=run.prefix_args,
+            labels=run.labels,
+            split_sizes={name: len(data) for name, data in run.splits.items()},
+            parameters=parameters,
+            eval_answers=eval_answers,
+            hub_settings=run.hub_settings,
+            scorer=answering_scorer(run, trainer.accelerator.unwrap_model(trainer.model)),
+        )
     model_card.save_run_card(run.training_args.output_dir, record, trainer.state.log_history)
     if run.hub_settings.push_to_hub:
         logger.info("*** Push to the Hub ***")

@@ -133,6 +133,9 @@ def test_bf16_encoder_cache_holds_bf16_and_trains_as_the_uncached_run(tmp_path, 
     cached = run_main([*argv, "--cache_encoder_outputs", "--output_dir", tmp_path / "cached"])
     cache = cached.encoder_cache
     assert cache.states.dtype == torch.bfloat16
+    # The base initialised from the config is saved as initialised (fp32), before its weights are stored in bf16.
+    with safe_open(str(tmp_path / "cached" / "base_model" / "model.safetensors"), "pt") as handle:
+        assert {handle.get_tensor(key).dtype for key in handle.keys()} == {torch.float32}
     tokens = sum(len(ids) for ids in cached.train_dataset["input_ids"])
     assert cache.nbytes == tokens * cached.model.config.d_model * 2
     original_init = PrefixTuningTrainer.__init__
@@ -228,6 +231,70 @@ def test_label_scores_of_a_bf16_model_are_summed_in_fp32(task, tiny_t5_dir, tiny
     representable = bf16 == bf16.to(torch.bfloat16).float()
     assert representable.float().mean() < 0.2, "the label scores were computed in bf16"
     torch.testing.assert_close(bf16, scores[torch.float32], rtol=0.02, atol=0.05)
+
+
+def test_seq2seq_label_scores_are_fp32_log_softmax_of_the_bf16_logits(tiny_t5_dir, tokenizer):
+    """Each label's score, recomputed in float64 from the very bf16 logits the model gave the scorer (the start
+    step's, then each label's next steps): equal to 1e-5, where a log-softmax taken in bf16 would be off by about
+    1e-2 (a log-probability near -5 has a bf16 spacing of 0.03)."""
+    from transformers import T5ForConditionalGeneration
+
+    model = T5ForConditionalGeneration.from_pretrained(tiny_t5_dir, dtype=torch.bfloat16).eval()
+    logits = []
+    model.lm_head.register_forward_hook(lambda module, args, output: logits.append(output.detach()))
+    texts = [line.rpartition("@")[0] for line in QUICKSTART.read_text(encoding="utf-8").splitlines()[:6]]
+    got = LabelScorer(model, tokenizer, LABELS, InputFormat("seq2seq")).log_scores(texts)
+    answers = tokenizer(text_target=LABELS)["input_ids"]  # [word, </s>] each, by the tokenizer itself
+    first, rest = logits  # the start step of every text; then one row per text and label (b * 3 + k)
+    assert first.dtype == rest.dtype == torch.bfloat16 and rest.shape[0] == len(texts) * len(LABELS)
+    expected = torch.zeros(len(texts), len(LABELS), dtype=torch.float64)
+    for b in range(len(texts)):
+        for k, answer in enumerate(answers):
+            expected[b, k] = torch.log_softmax(first[b, -1].double(), dim=-1)[answer[0]]
+            for j, token in enumerate(answer[1:]):
+                expected[b, k] += torch.log_softmax(rest[b * len(LABELS) + k, j].double(), dim=-1)[token]
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-5)
+
+
+def test_causal_label_scores_are_fp32_log_softmax_of_the_bf16_logits(tiny_llama_dir, tokenizer):
+    """The same for a decoder-only model, one text at a time: the logits after the prompt's last token, then each
+    label's continuation."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16).eval()
+    logits = []
+    model.lm_head.register_forward_hook(lambda module, args, output: logits.append(output.detach()))
+    scorer = LabelScorer(model, tokenizer, LABELS, InputFormat("causal"))
+    # " <label>" and end-of-sequence, by the tokenizer itself
+    answers = [ids + [tokenizer.eos_token_id] for ids in tokenizer([" " + label for label in LABELS],
+                                                                      add_special_tokens=False)["input_ids"]]  # fmt: skip
+    for text in [line.rpartition("@")[0] for line in QUICKSTART.read_text(encoding="utf-8").splitlines()[:4]]:
+        logits.clear()
+        got = scorer.log_scores([text])[0]
+        first, rest = logits  # the prompt (its last position), then one row per label
+        assert first.dtype == rest.dtype == torch.bfloat16 and rest.shape[0] == len(LABELS)
+        expected = torch.zeros(len(LABELS), dtype=torch.float64)
+        for k, answer in enumerate(answers):
+            expected[k] = torch.log_softmax(first[0, -1].double(), dim=-1)[answer[0]]
+            for j, token in enumerate(answer[1:]):
+                expected[k] += torch.log_softmax(rest[k, j].double(), dim=-1)[token]
+        torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-5)
+
+
+def test_answers_are_computed_under_autocast_where_the_weights_stay_fp32(tmp_path, model_dir, monkeypatch):
+    """Where the weights stay fp32 under --bf16 (a GPU, or full fine-tuning), evaluation by label scoring and
+    --do_predict answer under the Trainer's autocast, every call of the model: here a prefix run given the GPU's plan
+    (fp32 weights, autocast) on this CPU."""
+    monkeypatch.setattr(cli, "plan_precision", lambda bf16, device, trains, method: precision.Precision(True, device))
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: "native")
+    trainer, seen = train_bf16(
+        tmp_path, model_dir, "--do_eval", "--eval_mode", "score", "--do_predict", "--test_file", QUICKSTART,
+        "--max_predict_samples", "8",
+    )  # fmt: skip
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    answering = [dtype for training, dtype in seen if not training]
+    assert answering and set(answering) == {torch.bfloat16}, answering
+    assert (tmp_path / "predictions.jsonl").read_text().count("\n") == 8
 
 
 # --- where bf16 is refused -----------------------------------------------------------------------------------------
