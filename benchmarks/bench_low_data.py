@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from bench_quality import GGUF_NAME, gguf_folder, method_flags
-from common import machine_line, replace_block, write_readme_block
+from common import accuracy_interval, machine_line, replace_block, write_readme_block
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -345,7 +345,9 @@ def summarise(rows: list[dict], data: str = "sentences_allagree", holdout: str =
     return table
 
 
-def markdown_table(summary: dict, sizes: list[int]) -> str:
+def markdown_table(summary: dict, sizes: list[int], heldout: int = 227) -> str:
+    """Each cell: the mean accuracy, its 95 % Wilson interval over the `heldout` sentences in brackets, and the
+    seeds' range in parentheses."""
     head = "| method | " + " | ".join("all " + f"{s:,}" if s == sizes[-1] and s > SIZES[-1] else str(s) for s in sizes)
     lines = [head + " |", "|---|" + "---:|" * len(sizes)]
     for method in [m for m in METHODS if m in summary]:
@@ -354,14 +356,15 @@ def markdown_table(summary: dict, sizes: list[int]) -> str:
             values = summary[method].get(0 if method == "zero-shot" else size, [])
             if not values:
                 cells_.append("not run")
-            elif method == "zero-shot":
-                cells_.append(f"{values[0]:.4f}")
+                continue
+            value = sum(values) / len(values)
+            interval = accuracy_interval(value, heldout)
+            if method == "zero-shot":
+                cells_.append(f"{values[0]:.4f} {interval}")
             elif len(values) == 1:
-                cells_.append(f"{values[0]:.4f} (1 seed)")
+                cells_.append(f"{values[0]:.4f} {interval} (1 seed)")
             else:
-                cells_.append(
-                    f"{sum(values) / len(values):.4f} ({min(values):.4f}–{max(values):.4f}, {len(values)} seeds)"
-                )
+                cells_.append(f"{value:.4f} {interval} ({min(values):.4f}–{max(values):.4f}, {len(values)} seeds)")
         lines.append(f"| {method} | " + " | ".join(cells_) + " |")
     return "\n".join(lines)
 
@@ -497,9 +500,10 @@ def finbert_rows(rows: list[dict], method: str) -> list[dict]:
 
 def finbert_table(rows: list[dict]) -> str:
     lines = [
-        "| method (Sentences_50Agree, 4,361 / 485) | epochs | seeds | accuracy: mean (min–max) | macro-F1: mean (min–max) |",
+        "| method (Sentences_50Agree, 4,361 / 485) | epochs | seeds | accuracy: mean [95 % interval] (min–max) | "
+        "macro-F1: mean (min–max) |",
         "|---|---:|---:|---:|---:|",
-        "| FinBERT (Araci, 2019; its own 20 % test split) | | | 0.86 | 0.84 |",
+        "| FinBERT (Araci, 2019; its own 20 % test split, 970 sentences) | | | 0.86 [0.837–0.880] | 0.84 |",
     ]
     for method in ("prefix", "full"):
         done = finbert_rows(rows, method)
@@ -509,8 +513,9 @@ def finbert_table(rows: list[dict]) -> str:
         acc, f1 = [r["accuracy"] for r in done], [r["macro_f1"] for r in done]
         epochs = ", ".join(str(e) for e in sorted({row_epochs(r) for r in done}))
         rule = "" if all(map(follows_rule, done)) else f" (the step rule: {epochs_for(done[0]['size'])}; not run yet)"
-        lines.append(f"| {method} | {epochs}{rule} | {len(done)} | {mean(acc):.4f} ({min(acc):.4f}–{max(acc):.4f}) | "
-                     f"{mean(f1):.4f} ({min(f1):.4f}–{max(f1):.4f}) |")  # fmt: skip
+        interval = accuracy_interval(mean(acc), done[0]["heldout"])
+        lines.append(f"| {method} | {epochs}{rule} | {len(done)} | {mean(acc):.4f} {interval} ({min(acc):.4f}–"
+                     f"{max(acc):.4f}) | {mean(f1):.4f} ({min(f1):.4f}–{max(f1):.4f}) |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -580,12 +585,14 @@ def inner_table(rows: list[dict]) -> str:
     lines = [
         f"Settings checked on the inner split of the training data ({inner[0]['heldout']} held out of the 2,037; "
         "never the 227): the step rule's floor and other settings (`--settings`, in place of the method's own flags):\n",
-        "| method | sentences | floor of steps | epochs | setting | seed | inner accuracy | inner macro-F1 |",
+        "| method | sentences | floor of steps | epochs | setting | seed | inner accuracy [95 % interval] | "
+        "inner macro-F1 |",
         "|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     lines += [f"| {r['method']} | {r['size']} | {r['min_steps']} | {r['epochs']} | "
               f"{shown_setting(r.get('setting'))} | {r['seed']} | "
-              f"{r['accuracy']:.4f} | {r['macro_f1']:.4f} |" for r in inner]  # fmt: skip
+              f"{r['accuracy']:.4f} {accuracy_interval(r['accuracy'], r['heldout'])} | {r['macro_f1']:.4f} |"
+              for r in inner]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -596,7 +603,8 @@ def write_readme(rows: list[dict]) -> None:
     sizes = SIZES + [pool_size]
     finished = sum(len(values) for by_size in summary.values() for values in by_size.values())
     text = (
-        f"Accuracy on the 227 held-out sentences: mean (min–max, seeds) of the {finished} cells finished so far "
+        f"Accuracy on the 227 held-out sentences: mean [95 % Wilson interval over the 227 sentences] (min–max, "
+        f"seeds) of the {finished} cells finished so far "
         f"by the step rule (at least {MIN_STEPS} steps and {MIN_EPOCHS} epoch{'s' * (MIN_EPOCHS != 1)}; "
         "`not run`: still to run).\n\n" + markdown_table(summary, sizes)
     )

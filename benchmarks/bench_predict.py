@@ -6,9 +6,14 @@ Throughput: the 2,264 sentences of Financial PhraseBank `Sentences_AllAgree.txt`
 with the real T5 tokenizer and a 20-token prefix adapter trained briefly on the same file (`--train_steps`), long
 enough that generation writes a label word and end-of-sequence, as a trained model does (an untrained one writes
 end-of-sequence at once: one decoder step, generation's best case). `--predict_mode score` and `--predict_mode
-generate` alternate, `--repeats` rounds, and the fastest run of each is kept (other jobs load this machine). Each run
-is the real command line (`run_prefix_tuning.py --do_predict` in a subprocess); rows/s is over the answering loop (as
-reported in predict_results.json), wall time includes start-up.
+generate`, each in fp32 and with `--bf16` (`--precisions`), alternate, `--repeats` rounds, and the fastest run of each
+is kept (other jobs load this machine). Each run is the real command line (`run_prefix_tuning.py --do_predict` in a
+subprocess); rows/s is over the answering loop (as reported in predict_results.json), wall time includes start-up.
+bf16 against fp32: the share of rows given the same label in score mode and the largest difference of a label
+probability. Each run's model FLOP/s (2 x the multiply-adds `multiply_adds` counts, over its time) is printed as a
+share of the machine's matrix-product peak in fp32 and bf16, measured before and after the runs at the model's
+shapes with the same threads (`common.matmul_peak`). The bf16 runs need a CPU with bf16 instructions (AVX512-BF16 or
+AMX); elsewhere the bench stops before running anything (`--precisions fp32` runs the fp32 rows only).
 
 Memory: peak RSS of the whole process (os.wait4) for inputs of 10,000 and 100,000 rows (the Financial PhraseBank
 sentences repeated). It should not grow with the number of rows. By default these runs use the quickstart's tiny T5
@@ -25,7 +30,7 @@ Run from the repository root (Financial PhraseBank in ../shared/data/financial_p
 
     python benchmarks/bench_predict.py                                  # everything (long on a CPU: see README)
     python benchmarks/bench_predict.py --limit 256 --memory_rows 1000 10000   # a quick look
-    python benchmarks/bench_predict.py --limit 512 --memory_rows --repeats 3   # score vs generate only
+    python benchmarks/bench_predict.py --limit 512 --memory_rows --repeats 3   # score vs generate, fp32 vs bf16 only
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ from common import (  # noqa: E402
     LABELS,
     default_phrasebank,
     default_tokenizer_file,
+    matmul_peak,
+    matmul_shapes,
+    peak_line,
     save_t5_small_shaped,
     t5_small_shaped,
 )
@@ -179,6 +187,28 @@ def speed(run: dict) -> float:
     return run["results"]["predict_rows_per_second"]
 
 
+def read_predictions(folder: Path) -> list[dict]:
+    with open(folder / "predictions.jsonl", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def agreement(fp32: list[dict], bf16: list[dict]) -> tuple[float, float]:
+    """(share of rows with the same label, largest difference of a label probability) between two score-mode runs
+    over the same rows."""
+    if [row["line"] for row in fp32] != [row["line"] for row in bf16]:
+        raise SystemExit("The fp32 and bf16 predictions are not of the same rows.")
+    same = sum(a["label"] == b["label"] for a, b in zip(fp32, bf16)) / len(fp32)
+    largest = max(abs(a["probabilities"][k] - b["probabilities"][k]) for a, b in zip(fp32, bf16) for k in LABELS)
+    return same, largest
+
+
+def peaks(config, tokens: int, precisions: list[str]) -> dict[str, float]:
+    import torch
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    return {name: matmul_peak(matmul_shapes(config, tokens), dtypes[name]) for name in precisions}
+
+
 def repeat_lines(source: Path, target: Path, rows: int) -> None:
     with open(source, "rb") as handle:
         lines = [line.rstrip(b"\r\n") + b"\n" for line in handle if line.strip()]
@@ -200,6 +230,8 @@ def main() -> None:
         help="training steps (batch 8) of the prefix; 0: a random prefix (generate's best case)",
     )
     parser.add_argument("--memory_rows", type=int, nargs="*", default=[10_000, 100_000])
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
+                        help="fp32 runs and --bf16 runs (the memory rows: fp32)")  # fmt: skip
     parser.add_argument("--memory_model", choices=["tiny", "t5-small"], default="tiny")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep models and outputs here (default: temp).")
     args = parser.parse_args()
@@ -210,6 +242,13 @@ def main() -> None:
 
     import torch
 
+    precisions = [name for name in ("fp32", "bf16") if name in args.precisions]
+    if "bf16" in precisions:
+        from prefix_tuning_utils.precision import cpu_bf16_support
+
+        if cpu_bf16_support() != "native":
+            raise SystemExit("This CPU has no bf16 instructions (AVX512-BF16 or AMX): --bf16 is refused or slow here. "
+                             "Run with --precisions fp32, or on a CPU that has them.")  # fmt: skip
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_predict_"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"# {datetime.date.today()}  {platform.python_version()}  torch {torch.__version__}  "
@@ -217,6 +256,13 @@ def main() -> None:
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")  # fmt: skip
     print(f"# python benchmarks/bench_predict.py {' '.join(sys.argv[1:])}".rstrip())
     try:
+        config, tokenizer = t5_small_shaped(args.tokenizer_file)
+        texts = [line.rsplit("@", 1)[0] for line in args.data.read_text(encoding="iso-8859-1").splitlines() if line]
+        texts = texts[: args.limit]
+        work = multiply_adds(config, tokenizer, texts, args.batch_size)
+        mean_tokens = sum(len(ids) for ids in tokenizer(texts)["input_ids"]) / len(texts)
+        peak = peaks(config, round(args.batch_size * mean_tokens), precisions)
+        print(f"# before the runs: {peak_line(peak, torch.get_num_threads())}", flush=True)
         if args.train_steps:
             small = train_adapter(workdir / "t5-small-shaped", args.tokenizer_file, args.data, args.train_steps)
         else:  # a random prefix: generation writes end-of-sequence at once, its best case
@@ -225,32 +271,53 @@ def main() -> None:
         batch = ["--per_device_eval_batch_size", str(args.batch_size)]
         runs = {}
         for round_ in range(args.repeats):
-            for mode in ("score", "generate"):
-                out = workdir / f"fpb-{mode}-{round_}"
-                run = run_predict(small, args.data, out, "--predict_mode", mode, *batch, *limit)
-                print(f"# round {round_ + 1}, {mode}: {run['results']['predict_rows_per_second']:.1f} rows/s, "
-                      f"load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
-                fastest = runs.get(mode)
-                if fastest is None or speed(run) > speed(fastest):
-                    runs[mode], run["folder"] = run, out
-        print("\n| model | mode | rows | rows/s | wall s | peak RSS MiB |\n|---|---|---|---|---|---|")
-        for mode, run in runs.items():
+            for precision in precisions:
+                for mode in ("score", "generate"):
+                    out = workdir / f"fpb-{mode}-{precision}-{round_}"
+                    flags = ["--predict_mode", mode, *batch, *limit, *(["--bf16"] if precision == "bf16" else [])]
+                    run = run_predict(small, args.data, out, *flags)
+                    print(f"# round {round_ + 1}, {mode} {precision}: {speed(run):.1f} rows/s, "
+                          f"load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+                    fastest = runs.get((precision, mode))
+                    if fastest is None or speed(run) > speed(fastest):
+                        runs[(precision, mode)], run["folder"] = run, out
+        after = peaks(config, round(args.batch_size * mean_tokens), precisions)
+        print(f"# after the runs: {peak_line(after, torch.get_num_threads())}", flush=True)
+        peak = {name: max(value, after[name]) for name, value in peak.items()}
+        print("\n| model | precision | mode | rows | rows/s | wall s | peak RSS MiB | model GFLOP/s | of fp32 peak | "
+              "of bf16 peak |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+        for (precision, mode), run in runs.items():
             r = run["results"]
-            print(f"| t5-small-shaped + 20-token prefix (trained) | {mode} | {r['predict_rows']:,} | "
-                  f"{r['predict_rows_per_second']:.1f} | {run['wall_s']:.0f} | {run['peak_rss_mib']:.0f} |")  # fmt: skip
-        print(f"\nscore / generate rows/s: {speed(runs['score']) / speed(runs['generate']):.2f} (fastest of "
-              f"{args.repeats} alternating rounds; load average at the end {os.getloadavg()[0]:.1f})")  # fmt: skip
-        texts = [line.rsplit("@", 1)[0] for line in args.data.read_text(encoding="iso-8859-1").splitlines() if line]
-        texts = texts[: args.limit]
-        work = multiply_adds(*t5_small_shaped(args.tokenizer_file), texts, args.batch_size)
+            achieved = 2 * work[mode] / len(texts) * speed(run)
+            shares = [f"{100 * achieved / peak[name]:.0f} %" if name in peak else "" for name in ("fp32", "bf16")]
+            print(f"| t5-small-shaped + 20-token prefix (trained) | {precision} | {mode} | {r['predict_rows']:,} | "
+                  f"{speed(run):.1f} | {run['wall_s']:.0f} | {run['peak_rss_mib']:.0f} | {achieved / 1e9:.1f} | "
+                  f"{' | '.join(shares)} |")  # fmt: skip
+        print(f"\n{peak_line(peak, torch.get_num_threads())} (the higher of before and after the runs).")
+        for precision in precisions:
+            ratio = speed(runs[(precision, "score")]) / speed(runs[(precision, "generate")])
+            print(f"score / generate rows/s, {precision}: {ratio:.2f} (fastest of {args.repeats} alternating "
+                  f"rounds; load average at the end {os.getloadavg()[0]:.1f})")  # fmt: skip
         print(f"multiply-adds per row: score {work['score'] / len(texts) / 1e6:.0f} M, generate "
               f"{work['generate'] / len(texts) / 1e6:.0f} M (encoder {work['encoder'] / work['generate']:.0%}"
               f" of generate's): the most score / generate rows/s can be with exact scores is "
               f"{work['generate'] / work['score']:.2f}")  # fmt: skip
-        with open(runs["generate"]["folder"] / "predictions.jsonl", encoding="utf-8") as handle:
-            answers = [json.loads(line)["answer"] for line in handle]
-        words = sum(answer in LABELS for answer in answers)
-        print(f"generate: {words} of {len(answers)} answers are a label word, {sum(not a for a in answers)} empty")
+        if len(precisions) == 2:
+            for mode in ("score", "generate"):
+                ratio = speed(runs[("bf16", mode)]) / speed(runs[("fp32", mode)])
+                goal = " (goal >= 2.5x)" if mode == "score" else ""
+                print(f"{mode} mode, bf16 / fp32 rows/s: **{ratio:.2f}x**{goal}")
+            same, largest = agreement(
+                read_predictions(runs[("fp32", "score")]["folder"]),
+                read_predictions(runs[("bf16", "score")]["folder"]),
+            )
+            print(f"score mode, bf16 against fp32: the same label on {100 * same:.2f} % of {len(texts):,} rows "
+                  f"(goal >= 99.5 %), largest label-probability difference {largest:.4f} (goal <= 0.01)")  # fmt: skip
+        for precision in precisions:
+            answers = [row["answer"] for row in read_predictions(runs[(precision, "generate")]["folder"])]
+            words = sum(answer in LABELS for answer in answers)
+            print(f"generate {precision}: {words} of {len(answers)} answers are a label word, "
+                  f"{sum(not a for a in answers)} empty")  # fmt: skip
 
         if args.memory_rows:
             model = small if args.memory_model == "t5-small" else build_adapter(workdir / "tiny", *tiny())

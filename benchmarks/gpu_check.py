@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import LABELS, default_tokenizer_file
+from common import LABELS, default_tokenizer_file, seq2seq_model_flops
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,20 +84,9 @@ def tokenizer_and_config(tiny: bool):
 
 
 def model_flops(config, enc: list[int], dec: list[int], train: bool, cached: bool = False) -> float:
-    """Model FLOPs of one training step (or scoring pass) over examples of enc/dec real lengths (module doc)."""
-    d, inner, ff = config.d_model, config.num_heads * config.d_kv, config.d_ff * (3 if config.is_gated_act else 2)
-    p, layers_e, layers_d = NUM_VIRTUAL_TOKENS, config.num_layers, config.num_decoder_layers
-    total = 0.0
-    for s, t in zip(enc, dec):
-        encoder = layers_e * (4 * d * inner * s + ff * d * s + 2 * s * s * inner)
-        cross_kv = layers_d * 2 * d * inner * s
-        linear = layers_d * (6 * d * inner * t + ff * d * t) + d * config.vocab_size * t
-        attention = layers_d * 2 * inner * t * ((p + t) + s)
-        if train:
-            total += (0 if cached else encoder) + cross_kv + 2 * linear + 3 * attention
-        else:
-            total += encoder + cross_kv + linear + attention
-    return 2.0 * total
+    """Model FLOPs of one training step (or scoring pass) over examples of enc/dec real lengths (module doc; the
+    count is `common.seq2seq_model_flops`, which bench_train.py and bench_predict.py share)."""
+    return seq2seq_model_flops(config, enc, dec, train, cached, num_virtual_tokens=NUM_VIRTUAL_TOKENS)
 
 
 def peak_memory(device) -> str:

@@ -161,8 +161,8 @@ class PrefixArguments:
         metadata={
             "help": "Run the frozen encoder once over the training set before training and reuse its output every "
             "epoch (exact, and faster: training runs only the decoder). Turns the encoder's dropout off (the "
-            "decoder's is kept); costs input tokens x d_model x 4 bytes (fp32) of device memory. Needs "
-            "--tuning_method prefix with --prefix_scope decoder on a seq2seq model."
+            "decoder's is kept); costs input tokens x d_model x 4 bytes (fp32; 2 under --bf16 on a CPU) of device "
+            "memory. Needs --tuning_method prefix with --prefix_scope decoder on a seq2seq model."
         },
     )
     prefix_init_text: str | None = field(

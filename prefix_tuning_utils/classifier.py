@@ -59,6 +59,7 @@ from .arguments import ModelArguments
 from .errors import ArgumentError
 from .input_format import InputFormat
 from .modeling import FP16_UNSAFE_MODEL_TYPES, get_model_config, get_task, get_tokenizer, load_base_model
+from .precision import check_bf16_supported
 from .run_files import WEIGHT_FILES
 from .run_folder import find_trained_model
 
@@ -159,13 +160,17 @@ class PrefixClassifier:
 
         `device`: "cpu", "cuda", "cuda:1", a GPU index or a torch.device (default: the first GPU when there is
         one, else the CPU). `dtype` (or `torch_dtype`): the weights' dtype, e.g. torch.bfloat16 (default: as
-        saved, float32 for the quickstart). `label_words`: only for a model saved without `prefix_tuning.json`
+        saved, float32 for the quickstart); bfloat16 is the path of `--bf16 --do_predict` (the base model in bf16,
+        the adapter's own weights as saved, label scores summed in fp32) and is refused, before anything is loaded,
+        on a device that cannot compute in it (a CPU without bf16 kernels, a GPU older than Ampere). `label_words`: only for a model saved without `prefix_tuning.json`
         (the label words are otherwise read from it). `revision`, `token`, `cache_dir`: of the Hub repo(s).
         """
         dtype = _resolve_dtype(dtype, torch_dtype)
         device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         if mode not in MODES:  # before loading anything
             raise ValueError(f"mode must be 'score' or 'generate', got {mode!r}.")
+        if dtype == torch.bfloat16:  # as --bf16: refused where the device cannot compute in bf16 (precision.py)
+            check_bf16_supported(device.type, "dtype bfloat16", fix="leave dtype out (float32)")
         hub = dict(token=token, cache_dir=cache_dir, trust_remote_code=trust_remote_code)
         if isinstance(model_name_or_path, Mapping):
             return cls._from_adapters(

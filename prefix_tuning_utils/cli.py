@@ -59,6 +59,7 @@ from .modeling import (
 )
 from .network import bound_hub_timeouts, data_advice, hub_step, model_advice
 from .output_dir import RunIdentity, prepare_output_dir
+from .precision import Precision, check_bf16_supported, plan_precision, store_frozen_weights
 from .predict import predict
 from .prefix_init import init_prefix_from_text
 from .preprocessing import get_data_collator, max_label_tokens, tokenize_dataset
@@ -102,6 +103,7 @@ class Run:
     labels: list[str]
     eval_mode: str
     publishable: bool
+    precision: Precision  # the dtypes of the model's parts (precision.py)
 
     @property
     def trainer_generates(self) -> bool:
@@ -122,6 +124,14 @@ def resolve_and_validate(argv: list[str]) -> Run:
     logger.debug(  # --log_level debug; run_args.json in --output_dir holds them too
         f"Model {model_args}\nData {data_args}\nPrefix {prefix_args}\nPredict {predict_args}\nTraining {training_args}"
     )
+    # bf16 from --bf16 or from an accelerate config (mixed_precision: bf16); refused where it cannot be computed.
+    bf16 = training_args.bf16 or training_args.mixed_precision == "bf16"
+    device_type = training_args.device.type
+    if bf16:
+        what = "--bf16" if training_args.bf16 else "mixed_precision bf16 (accelerate config)"
+        check_bf16_supported(device_type, what, fix="drop --bf16" if training_args.bf16 else "set it to no")
+    precision = plan_precision(bf16, device_type, training_args.do_train, prefix_args.tuning_method)
+    (logger.info if bf16 else logger.debug)(f"Precision: {precision.describe()}")
 
     # Without --do_train, a model or adapter written by this script is used as it is, with the label words and input
     # format saved next to it; an adapter's base model is found from its config.
@@ -177,16 +187,18 @@ def resolve_and_validate(argv: list[str]) -> Run:
         training_args.generation_max_length = max_label_tokens(tokenizer, labels, task) + 2
     return Run(
         argv, model_args, data_args, prefix_args, predict_args, training_args, hub_settings, model_name, trained,
-        config, task, tokenizer, splits, labels, eval_mode, publishable,
+        config, task, tokenizer, splits, labels, eval_mode, publishable, precision,
     )  # fmt: skip
 
 
 def build_run_model(run: Run, checkpoint: str | None):
-    """The frozen base with a trainable prefix (or a baseline method), a trained model, or the base as it is."""
+    """The frozen base with a trainable prefix (or a baseline method), a trained model, or the base as it is; its
+    parts in the dtypes of `run.precision` (a model that only answers loaded in bf16 under --bf16; the frozen weights
+    of a CPU training run stored in bf16 once the trainable parts are built)."""
     model_args, prefix_args, training_args = run.model_args, run.prefix_args, run.training_args
     advice = model_advice(model_args.model_name_or_path, model_args.cache_dir)
     with hub_step(f"downloading the weights of {model_args.model_name_or_path}", advice, any_os_error=True):
-        model = load_base_model(model_args, run.config, run.task)
+        model = load_base_model(model_args, run.config, run.task, dtype=run.precision.load_dtype)
         if run.trained is not None:
             model = run.trained.load(model)
     if run.trained is None and training_args.do_train:
@@ -195,7 +207,10 @@ def build_run_model(run: Run, checkpoint: str | None):
             init_prefix_from_text(model, run.tokenizer, prefix_args.prefix_init_text, run.task)
     # else: evaluation / prediction only, with the pretrained model as it is (no new, untrained prefix)
     if initialises_from_config(model_args) and training_args.should_save:
-        save_initialised_base(model, run.tokenizer, training_args.output_dir)
+        save_initialised_base(model, run.tokenizer, training_args.output_dir)  # in fp32, as initialised
+    cast = store_frozen_weights(model, run.precision.frozen_dtype)
+    if cast:
+        logger.info(f"{cast:,} frozen parameters stored in {run.precision.frozen_dtype} (--bf16 on CPU).")
     trainable, total = trainable_parameters(model)
     if training_args.do_train:
         logger.info(
@@ -220,7 +235,7 @@ def build_trainer(run: Run, model, tokenized: dict) -> PrefixTuningTrainer:
         train_dataset=tokenized.get("train") if args.do_train else None,
         eval_dataset=tokenized.get("validation") if args.do_eval else None,
         processing_class=run.tokenizer,
-        data_collator=get_data_collator(run.tokenizer, pad_to_multiple_of=8 if args.bf16 else None),
+        data_collator=get_data_collator(run.tokenizer, pad_to_multiple_of=run.precision.pad_to_multiple_of),
         compute_metrics=build_compute_metrics(run.tokenizer, run.labels) if run.trainer_generates else None,
         scorer=answering_scorer(run, model),
         eval_examples=run.splits.get("validation"),
@@ -269,19 +284,20 @@ def predict_test(trainer, run: Run) -> None:
 
 def write_card_and_publish(trainer, run: Run, parameters: tuple[int, int], eval_answers) -> None:
     logger.info("*** Model card ***")  # always saved locally, before anything is pushed
-    record = model_card.build_run_record(
-        trainer,
-        argv=run.argv,
-        model_args=run.model_args,
-        data_args=run.data_args,
-        prefix_args=run.prefix_args,
-        labels=run.labels,
-        split_sizes={name: len(data) for name, data in run.splits.items()},
-        parameters=parameters,
-        eval_answers=eval_answers,
-        hub_settings=run.hub_settings,
-        scorer=answering_scorer(run, trainer.accelerator.unwrap_model(trainer.model)),
-    )
+    with trainer.accelerator.autocast():  # the card's example answer computed as evaluation computes (precision.py)
+        record = model_card.build_run_record(
+            trainer,
+            argv=run.argv,
+            model_args=run.model_args,
+            data_args=run.data_args,
+            prefix_args=run.prefix_args,
+            labels=run.labels,
+            split_sizes={name: len(data) for name, data in run.splits.items()},
+            parameters=parameters,
+            eval_answers=eval_answers,
+            hub_settings=run.hub_settings,
+            scorer=answering_scorer(run, trainer.accelerator.unwrap_model(trainer.model)),
+        )
     model_card.save_run_card(run.training_args.output_dir, record, trainer.state.log_history)
     if run.hub_settings.push_to_hub:
         logger.info("*** Push to the Hub ***")

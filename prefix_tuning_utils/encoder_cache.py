@@ -12,9 +12,11 @@ unchanged; tests/test_encoder_cache.py).
 The cache is keyed by the example's row number in the training set (an ``example_index`` column that the trainer
 adds), not by batch or order: any sampler, any number of processes, and a resumed run look up the same rows.
 
-**Memory.** One vector of ``d_model`` numbers per real (unpadded) input token of the training set, in the dtype the
-encoder returns (fp32 under ``--bf16`` mixed precision, whose layer norms return fp32; bf16 for a model loaded in
-bf16)::
+**Memory.** One vector of ``d_model`` numbers per real (unpadded) input token of the training set, kept in the dtype
+the encoder returns: bf16 under ``--bf16`` on a CPU (the frozen weights are stored in bf16, and T5's last layer norm
+returns their dtype; the decoder's cross-attention multiplies it in bf16 anyway, so an fp32 copy would hold the same
+numbers in twice the memory), fp32 without ``--bf16`` and under ``--bf16`` on a GPU (autocast over fp32 weights,
+whose layer norms return fp32)::
 
     bytes = sum over training examples of (input tokens) x d_model x (4 for fp32, 2 for bf16)
 

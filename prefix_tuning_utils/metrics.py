@@ -9,7 +9,9 @@ gold label: it counts against the recall of its gold label and against no label'
 
 from __future__ import annotations
 
+import math
 import os
+from statistics import NormalDist
 
 import numpy as np
 from sklearn import metrics as skm
@@ -26,7 +28,25 @@ __all__ = [
     "label_report",
     "normalise_answer",
     "plot_confusion_matrix",
+    "wilson_interval",
 ]
+
+
+def wilson_interval(correct: float, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy of `correct` out of `total` (held-out sentences), at `confidence`.
+
+    Unlike the normal approximation (p +- z sqrt(p (1 - p) / n)) it stays inside [0, 1] and is not empty at 0 or
+    `total` correct: 221 of 227 (97.36 %) gives 94.4-98.8 %, about +-2 points. It covers the sampling of the
+    held-out sentences only, not the spread over seeds or training runs. `correct` may be a mean over runs scored on
+    the same sentences (not a whole number).
+    """
+    if total < 1 or not 0 <= correct <= total:
+        raise ValueError(f"wilson_interval needs 0 <= correct <= total and total >= 1, got {correct} of {total}.")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p, n = correct / total, total
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def normalise_answer(text: str) -> str:

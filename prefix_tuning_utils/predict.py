@@ -438,7 +438,8 @@ def _answer(trainer, rows: Iterator[Row], done: int, total: int, predict_args: P
             # Batches of similar lengths waste less padding; they depend on the chunk only, not on the processes.
             order = sorted(range(len(chunk)), key=lambda i: len(chunk[i].text))
             batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-            with accelerator.split_between_processes(batches) as mine:
+            # Under --bf16 as the model was trained or loaded: in bf16, the scores summed in fp32 (precision.py).
+            with accelerator.split_between_processes(batches) as mine, accelerator.autocast():
                 answers = [
                     (index, out)
                     for batch in mine

@@ -368,19 +368,23 @@ class PrefixTuningTrainer(Seq2SeqTrainer):
             answerer = Answerer(  # the one answering path (API, --do_predict), on the model being trained
                 self.scorer, self.eval_mode, num_beams=self.args.generation_num_beams or 1
             )
-            for start in range(0, len(indices), batch_size):
-                rows = indices[start : start + batch_size]
-                chunk = [texts[i] for i in rows]
-                if self.eval_mode == "score":
-                    ranked, log_scores = answerer.score_batch(chunk)
-                    answers.extend(best[0]["label"] for best in ranked)
-                    if want_loss:
-                        gold = [self.scorer.labels.index(labels[i]) for i in rows]
-                        loss_sum -= log_scores[torch.arange(len(rows)), gold].double().sum().item()
-                        loss_tokens += sum(len(self.scorer.answers[k]) for k in gold)
-                else:
-                    answers.extend(ranked[0]["answer"] for ranked in answerer.answer_batch(chunk, with_scores=False))
-                progress.update(len(chunk))
+            # As training computes: under --bf16 the answers are computed in bf16 (precision.py), the scores summed
+            # in fp32; over weights already stored in bf16 the autocast adds no cast.
+            with self.accelerator.autocast():
+                for start in range(0, len(indices), batch_size):
+                    rows = indices[start : start + batch_size]
+                    chunk = [texts[i] for i in rows]
+                    if self.eval_mode == "score":
+                        ranked, log_scores = answerer.score_batch(chunk)
+                        answers.extend(best[0]["label"] for best in ranked)
+                        if want_loss:
+                            gold = [self.scorer.labels.index(labels[i]) for i in rows]
+                            loss_sum -= log_scores[torch.arange(len(rows)), gold].double().sum().item()
+                            loss_tokens += sum(len(self.scorer.answers[k]) for k in gold)
+                    else:
+                        answered = answerer.answer_batch(chunk, with_scores=False)
+                        answers.extend(ranked[0]["answer"] for ranked in answered)
+                    progress.update(len(chunk))
             progress.close()
         if self.accelerator.num_processes > 1:
             # split_between_processes gives contiguous chunks in rank order, so gathering restores the input order.

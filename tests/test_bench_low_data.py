@@ -154,8 +154,10 @@ def test_table_and_plot_from_rows(tmp_path):
     ]  # fmt: skip
     summary = bench.summarise(rows)
     text = bench.markdown_table(summary, [32, 2037])
-    assert "| prefix | 0.7000 (0.6000–0.8000, 3 seeds) | not run |" in text
-    assert "| zero-shot | 0.3000 | 0.3000 |" in text and "full" not in text
+    # Each cell: the mean, its 95 % Wilson interval over the 227 sentences (by hand: 0.637-0.756 and 0.244-0.363),
+    # the seeds' range.
+    assert "| prefix | 0.7000 [0.637–0.756] (0.6000–0.8000, 3 seeds) | not run |" in text
+    assert "| zero-shot | 0.3000 [0.244–0.363] | 0.3000 [0.244–0.363] |" in text and "full" not in text
     goals = bench.goals(summary, rows, 2037)
     assert "32: prefix 0.7000 vs full" not in goals and "32: not yet measured" in goals  # full's cell is another rule
     assert "FinBERT's 0.86 accuracy on Sentences_50Agree: **not yet measured**" in goals
@@ -164,15 +166,18 @@ def test_table_and_plot_from_rows(tmp_path):
               "min_steps": m, "epochs": e, "heldout": 204, "accuracy": a, "macro_f1": a - 0.1}
              for m, e, a in ((200, 50, 0.85), (50, 13, 0.8))]  # fmt: skip
     table = bench.inner_table(rows + inner)
-    assert "(204 held out" in table and "| prefix | 32 | 50 | 13 | the method's | 1 | 0.8000 | 0.7000 |" in table
+    assert (
+        "(204 held out" in table
+        and "| prefix | 32 | 50 | 13 | the method's | 1 | 0.8000 [0.740–0.849] | 0.7000 |" in table
+    )
     assert table.index("| 50 | 13 |") < table.index("| 200 | 50 |")  # ordered by floor of steps
     tried = {**inner[0], "min_steps": 100, "epochs": 25, "setting": "--learning_rate 3e-2", "accuracy": 0.9}
-    assert "| prefix | 32 | 100 | 25 | `--learning_rate 3e-2` | 1 | 0.9000 |" in bench.inner_table(
+    assert "| prefix | 32 | 100 | 25 | `--learning_rate 3e-2` | 1 | 0.9000 [0.851–0.934] |" in bench.inner_table(
         rows + inner + [tried]
     )
     text = {**tried, "setting": '--prefix_init_text "a | b\nc' + " long" * 30 + '"'}
     row = bench.inner_table([text]).splitlines()[-1]
-    assert '`--prefix_init_text "a \\| b\\nc long' in row and row.count(" | ") == 7 and "…`" in row and len(row) < 140
+    assert '`--prefix_init_text "a \\| b\\nc long' in row and row.count(" | ") == 7 and "…`" in row and len(row) < 160
     assert "0.3000" not in table  # cells scored on the 227 are not part of the check
     bench.plot(summary, [32, 2037], tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
@@ -276,7 +281,8 @@ def test_floors_below_one_epoch_or_zero_steps_are_refused(flags, capsys):
 def test_table_keeps_the_rows_of_the_step_rule_only(monkeypatch):
     def row(method, size, epochs, accuracy, data="sentences_allagree"):
         return {"data": data, "holdout": "test", "method": method, "size": size, "seed": 1, "min_steps": 100,
-                "epochs": epochs, "accuracy": accuracy, "macro_f1": accuracy - 0.02}  # fmt: skip
+                "epochs": epochs, "accuracy": accuracy, "macro_f1": accuracy - 0.02,
+                "heldout": 485 if data == "sentences_50agree" else 227}  # fmt: skip
 
     rows = [row("prefix", 32, 25, 0.8), row("prefix", 2037, 1, 0.96), row("prefix", 2037, 2, 0.98),
             row("prefix", 4361, 1, 0.83, "sentences_50agree")]  # fmt: skip
@@ -291,7 +297,7 @@ def test_table_keeps_the_rows_of_the_step_rule_only(monkeypatch):
     assert "| prefix | 1 | 1 | 0.8300" in bench.finbert_table(rows)
     rows.append(row("prefix", 4361, 2, 0.87, "sentences_50agree"))  # once the rule's cell is run, it alone counts
     monkeypatch.setattr(bench, "MIN_EPOCHS", 2)
-    assert "| prefix | 2 | 1 | 0.8700 (0.8700–0.8700)" in bench.finbert_table(rows)
+    assert "| prefix | 2 | 1 | 0.8700 [0.837–0.897] (0.8700–0.8700)" in bench.finbert_table(rows)  # Wilson, 485
     assert "0.8700 (1 seed): **met**" in bench.goals(bench.summarise(rows), rows, 2037)
 
 
@@ -312,4 +318,4 @@ def test_rows_of_another_model_are_neither_finished_cells_nor_in_the_readme_nor_
     monkeypatch.setattr(bench, "replace_block", lambda *a: written.setdefault("readme", a[2]))
     monkeypatch.setattr(bench, "PLOT", tmp_path / "p.png")
     bench.write_readme([other, {**legacy, "epochs": 25, "accuracy": 0.75, "macro_f1": 0.7}])
-    assert "| prefix | 0.7500 (1 seed) |" in written["readme"] and "0.5000" not in written["readme"]
+    assert "| prefix | 0.7500 [0.690–0.802] (1 seed) |" in written["readme"] and "0.5000" not in written["readme"]

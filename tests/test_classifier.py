@@ -247,7 +247,9 @@ def test_from_pretrained_refuses_what_it_cannot_use(tiny_t5_dir, tmp_path):
     assert PrefixClassifier.from_pretrained(str(full), label_words=["no", "yes"]).labels == ["no", "yes"]
 
 
-def test_dtype_is_applied(trained):
+def test_dtype_is_applied(trained, monkeypatch):
+    # bf16 needs a CPU with bf16 kernels (refused elsewhere: tests/test_precision.py); this one counts as such.
+    monkeypatch.setattr("prefix_tuning_utils.precision.cpu_bf16_support", lambda: "native")
     classifier = PrefixClassifier.from_pretrained(str(trained("llama-prefix") / "model"), torch_dtype="bfloat16")
     assert classifier.model.get_base_model().dtype == torch.bfloat16
     answers = classifier("Acme Corp said its net sales rose 12 percent .", top_k=None)

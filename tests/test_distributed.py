@@ -1,14 +1,13 @@
 """Distributed and mixed precision: the shipped accelerate configs, launched as users launch them.
 
 Multi-process runs start `accelerate launch` (or torchrun) in a subprocess on 2 CPU processes (gloo), with a tiny
-T5, and are killed with their whole process group if they overrun. The in-process tests check the loss, bf16 and
-the guards on one process.
+T5, and are killed with their whole process group if they overrun. The in-process tests check the loss, fp16's refusal
+and the guards on one process; --bf16 on CPU is tested in tests/test_precision.py.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import socket
 import sys
@@ -25,7 +24,7 @@ from prefix_tuning_utils.accelerate_config import find_placeholders, load_accele
 from prefix_tuning_utils.arguments import ArgumentError, DataTrainingArguments
 from prefix_tuning_utils.data import get_datasets
 from prefix_tuning_utils.setup_checks import check_distributed_setup
-from prefix_tuning_utils.trainer import PrefixTuningTrainer, set_sample_count
+from prefix_tuning_utils.trainer import set_sample_count
 from tests.conftest import REPO
 from tests.helpers import (
     QUICKSTART,
@@ -226,7 +225,7 @@ def test_fsdp_on_two_cpu_processes_saves_the_whole_prefix(tmp_path, model_dir):
         torch.testing.assert_close(saved, torch.load(tmp_path / kind / "reference.pt"), atol=0, rtol=0)
 
 
-# --- one process: loss, bf16, guards ---------------------------------------------------------------------------------
+# --- one process: loss, fp16, guards ---------------------------------------------------------------------------------
 
 
 def test_gradient_accumulation_gives_the_loss_of_the_whole_batch(tmp_path, model_dir):
@@ -268,36 +267,6 @@ def test_upstream_trainer_still_scales_t5_loss(tmp_path, model_dir, monkeypatch)
     loss_whole = whole.state.log_history[-1]["train_loss"]
     loss_split = split.state.log_history[-1]["train_loss"]
     assert loss_split == pytest.approx(2 * loss_whole, rel=1e-4), (loss_whole, loss_split)
-
-
-def test_bf16_on_cpu_trains_and_evaluates_with_fp32_prefix_and_optimizer_state(tmp_path, model_dir):
-    seen = []  # the dtypes the LM head computes in
-
-    def record(module, args, output):
-        seen.append(output.dtype)
-
-    original_init = PrefixTuningTrainer.__init__
-
-    def init_and_hook(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.model.get_base_model().lm_head.register_forward_hook(record)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(PrefixTuningTrainer, "__init__", init_and_hook)
-        trainer = run_main(
-            [*TRAIN_ARGS, "--model_name_or_path", model_dir, "--max_train_samples", "32", "--num_train_epochs", "1",
-             "--per_device_train_batch_size", "8", "--bf16", "--output_dir", tmp_path]
-        )  # fmt: skip
-    assert trainer.args.bf16 and trainer.args.use_cpu and trainer.accelerator.mixed_precision == "bf16"
-    assert torch.bfloat16 in seen, "the forward pass did not run in bf16"
-    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
-    assert trainable and all(p.dtype == torch.float32 for p in trainable)
-    states = [s for group in trainer.optimizer.state.values() for s in group.values() if torch.is_tensor(s)]
-    assert states and all(s.dtype == torch.float32 for s in states if s.dim() > 0)
-    assert prefix(tmp_path).dtype == torch.float32
-    result = json.loads((tmp_path / "all_results.json").read_text())
-    assert result["eval_samples"] == 17 and 0.0 <= result["eval_accuracy"] <= 1.0
-    assert math.isfinite(result["train_loss"]) and math.isfinite(result["eval_loss"])  # neither NaN nor inf
 
 
 def test_fp16_on_t5_is_refused_with_a_pointer_to_bf16(tmp_path, model_dir, monkeypatch):

@@ -182,3 +182,21 @@ def test_compute_metrics_decodes_generated_ids_and_padded_labels(tokenizer):
     assert compute_metrics.last_answers == (answers, references)
     assert got["accuracy"] == 0.5 and got["invalid_rate"] == 0.0 and got["samples"] == 4
     assert got["f1_neutral"] == pytest.approx(2 / 3)  # P 1/1, R 1/2
+
+
+def test_wilson_interval_against_hand_computed_values():
+    """The 95 % Wilson interval (z = 1.959964): centre (p + z²/2n) / (1 + z²/n), half-width
+    z / (1 + z²/n) * sqrt(p (1 - p) / n + z² / 4n²). By hand: 0 of 10 -> [0, z² / (n + z²)] = [0, 3.84146 / 13.84146];
+    5 of 10 -> 0.5 -+ 1.41600 * sqrt(0.025 + 0.0096036) = 0.5 -+ 0.263406; 221 of 227 (the PEFT guide's 97.36 %)
+    -> the roots of |p - 0.97357| = z sqrt(p (1 - p) / 227): 0.943544 and 0.987831, about +-2 points."""
+    low, high = metrics.wilson_interval(0, 10)
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.277533, abs=1e-6)
+    assert metrics.wilson_interval(5, 10) == pytest.approx((0.236594, 0.763406), abs=1e-6)
+    assert metrics.wilson_interval(221, 227) == pytest.approx((0.943544, 0.987831), abs=1e-6)
+    assert metrics.wilson_interval(10, 10)[1] == 1.0
+    # Wider at 99 %, narrower with more sentences.
+    assert metrics.wilson_interval(221, 227, confidence=0.99)[0] < 0.943544
+    assert metrics.wilson_interval(2210, 2270)[0] > 0.943544
+    for bad in ((11, 10), (-1, 10), (0, 0)):
+        with pytest.raises(ValueError, match="wilson_interval needs"):
+            metrics.wilson_interval(*bad)
