@@ -6,10 +6,13 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from benchmarks import gpu_check
 from tests.conftest import REPO
 
 
+@pytest.mark.slow  # a subprocess end to end: about 10 s
 def test_gpu_check_sh_tiny_writes_every_row():
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--tiny"], cwd=REPO, env=env, capture_output=True,

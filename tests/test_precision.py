@@ -129,7 +129,8 @@ def test_bf16_encoder_cache_holds_bf16_and_trains_as_the_uncached_run(tmp_path, 
 
     argv = [REPO / "recipes" / "quickstart.yaml", "--train_file", QUICKSTART, "--model_name_or_path",
             REPO / "examples" / "tiny-t5", "--max_train_samples", "48", "--num_train_epochs", "2", "--do_eval",
-            "false", "--eval_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true", "--bf16"]  # fmt: skip
+            "false", "--eval_strategy", "no", "--logging_strategy", "steps", "--logging_steps", "1", "--disable_tqdm", "true",
+            "--bf16"]  # fmt: skip
     cached = run_main([*argv, "--cache_encoder_outputs", "--output_dir", tmp_path / "cached"])
     cache = cached.encoder_cache
     assert cache.states.dtype == torch.bfloat16

@@ -130,6 +130,7 @@ def published(fake, tmp_path_factory):
     return SimpleNamespace(out=out, proc=proc, hub_token=hub_token, model_token=model_token, tmp=tmp)
 
 
+@pytest.mark.slow  # `published` trains and pushes in a subprocess first (about 10 s)
 def test_push_to_hub_publishes_an_adapter_that_loads_with_the_plain_snippet(fake, published, tiny_t5_dir):
     files = fake.files(ADAPTER_REPO)
     out = published.out
@@ -150,6 +151,7 @@ def test_push_to_hub_publishes_an_adapter_that_loads_with_the_plain_snippet(fake
     assert generate(base, AutoTokenizer.from_pretrained(tiny_t5_dir), SENTENCES) != from_hub
 
 
+@pytest.mark.slow  # `published` trains and pushes in a subprocess first (about 10 s)
 def test_card_snippets_run_as_written_against_the_hub(fake, published, tmp_path, monkeypatch):
     card = fake.files(ADAPTER_REPO)["README.md"].decode()
     usage, scoring = python_blocks(card)
@@ -171,6 +173,7 @@ def test_card_snippets_run_as_written_against_the_hub(fake, published, tmp_path,
     assert metrics["samples"] == len(SENTENCES) and 0.0 <= metrics["accuracy"] <= 1.0
 
 
+@pytest.mark.slow  # `published` trains and pushes in a subprocess first (about 10 s)
 def test_no_token_in_any_uploaded_byte_written_file_or_log_line(fake, published):
     tokens = [published.hub_token.encode(), published.model_token.encode()]
     # The Hub token was really used (in the Authorization header of the commits, where it belongs) ...
@@ -199,6 +202,7 @@ def test_no_token_in_any_uploaded_byte_written_file_or_log_line(fake, published)
     assert "--token=<redacted>" in card
 
 
+@pytest.mark.slow  # `published` trains and pushes in a subprocess first (about 10 s)
 def test_model_card_front_matter_has_the_run_s_eval_accuracy(fake, published):
     card = fake.files(ADAPTER_REPO)["README.md"].decode()
     meta = front_matter(card)
@@ -273,6 +277,7 @@ def test_refused_commit_exits_with_one_line_and_push_only_publishes_later(
     )
 
 
+@pytest.mark.slow  # `published` trains and pushes in a subprocess first (about 10 s)
 def test_push_only_reports_network_down_and_refused_token_in_one_line(fake, published, monkeypatch, capsys):
     with FakeHub() as down:
         down.stop()  # the endpoint now points at a closed port
@@ -294,6 +299,7 @@ def test_push_only_reports_network_down_and_refused_token_in_one_line(fake, publ
     assert line.endswith("--hub_model_id y --hub_token <your token>")
 
 
+@pytest.mark.slow  # `published` trains and pushes in a subprocess first (about 10 s)
 @pytest.mark.parametrize("mode", ["hang", 500, 403])
 def test_push_only_to_a_silent_or_failing_hub_is_one_line(fake, published, mode, monkeypatch, capsys):
     """A Hub that accepts the connection and never answers (bounded wait), or answers an HTTP error."""
@@ -310,6 +316,7 @@ def test_push_only_to_a_silent_or_failing_hub_is_one_line(fake, published, mode,
     assert line.endswith(f"prefix-tuning push --output_dir {published.out} --hub_model_id fake-user/x")
 
 
+@pytest.mark.slow  # `published` trains and pushes in a subprocess first (about 10 s)
 def test_push_only_to_a_branch(fake, published):
     repo = "fake-user/branched"
     run_main(["--push_only", "--output_dir", published.out, "--hub_model_id", repo, "--hub_revision", "dev"])
@@ -322,6 +329,7 @@ def test_push_only_to_a_branch(fake, published):
         exec(compile(usage, "model card: usage", "exec"), {})
 
 
+@pytest.mark.slow  # `published` trains and pushes in a subprocess first (about 10 s)
 def test_push_subcommand_publishes_a_finished_run(fake, published, capsys):
     """`prefix-tuning push` (also `python run_prefix_tuning.py push`), in-process through cli(): the run's files,
     byte for byte, and a card rendered for the repo pushed to."""
@@ -335,6 +343,7 @@ def test_push_subcommand_publishes_a_finished_run(fake, published, capsys):
     assert not any(name.startswith("checkpoint-") or name.endswith(".bin") for name in files)
 
 
+@pytest.mark.slow  # `published` trains and pushes in a subprocess first (about 10 s)
 def test_push_only_is_the_old_spelling_of_push(fake, published, caplog):
     """`--push_only` anywhere (with or without a value) still publishes, with a warning that names the new command."""
     repo = "fake-user/old-spelling"
@@ -448,6 +457,7 @@ def test_misspelt_hub_key_in_a_recipe_is_refused(tmp_path, command):
         run_main(["push", str(recipe)] if command == "push" else [str(recipe), "--push_only"])
 
 
+@pytest.mark.slow  # `published` trains and pushes in a subprocess first (about 10 s)
 def test_no_file_holding_the_token_is_uploaded_final_or_checkpoint(fake, published, tmp_path, caplog):
     """The secret check runs before every upload: the final push refuses with one line, a checkpoint push warns;
     nothing reaches the Hub in either case."""

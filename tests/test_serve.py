@@ -697,10 +697,13 @@ def test_requests_cancelled_by_the_end_of_a_graceful_shutdown_get_a_json_503(cla
     }
 
 
-def test_the_server_loads_with_the_settings_dtype_and_mode(folders):
+def test_the_server_loads_with_the_settings_dtype_and_mode(folders, monkeypatch):
     import torch
 
+    from prefix_tuning_utils import precision
     from prefix_tuning_utils.serving.server import load_classifier
+
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: "native")  # bf16 is refused on an AVX2-only CPU
 
     settings = ServeSettings(adapters={"acme": str(folders["acme"]), "initech": str(folders["initech"])},
                              mode="generate", dtype="bfloat16", device="cpu")  # fmt: skip
