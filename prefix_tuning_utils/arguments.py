@@ -74,7 +74,7 @@ MAX_CHOICES_SHOWN = 8  # a longer list of choices is a metavar in --help (--opti
 PUSH_HINT = (
     f"To publish a finished run again without training (e.g. after a failed push): {PUSH_USAGE} (also "
     f"`python run_prefix_tuning.py push ...`; `{PUSH_PROG} --help` lists its flags). Its old spelling, "
-    "`--push_only --output_dir DIR ...`, still works. Publishing is described in README.md (Publishing)."
+    "`--push_only --output_dir DIR ...`, still works. Publishing is described in docs/publishing.md."
 )
 
 
@@ -168,7 +168,7 @@ class PrefixArguments:
             "only; the adapter loads with plain `PeftModel.from_pretrained`. `all`: also encoder self-attention and "
             "cross-attention prefixes in every layer (Li & Liang, 2021), each behind a per-head gate that starts at "
             "zero (T5 and mT5; --prefix_projection and --num_virtual_tokens apply to them, they always start "
-            "random); load it after `import prefix_tuning_utils` (see README)."
+            "random); load it after `import prefix_tuning_utils` (docs/python_api.md)."
         },
     )
 
@@ -643,7 +643,7 @@ def build_push_parser() -> HfArgumentParser:
         prog=PUSH_PROG,
         description=PushArguments.__doc__,
         epilog="A recipe given first supplies --output_dir and the hub_* settings; its training keys are ignored. "
-        "Publishing is described in README.md (Publishing).",
+        "Publishing is described in docs/publishing.md.",
         allow_abbrev=False,
     )
 
