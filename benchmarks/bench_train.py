@@ -15,7 +15,7 @@ prefix, one process each, alternating (`--methods` picks the rows):
   bf16 mixed precision gives the guide: fp32 weights, cast on the fly);
 * **ours**: `run_prefix_tuning.py` with its defaults (length-grouped batches padded to their longest sentence, our
   loss, the Trainer), as a user runs it; **ours-bf16**: the same with `--bf16` (frozen weights stored in bf16, the
-  prefix and its optimizer state in fp32: README "Speed");
+  prefix and its optimizer state in fp32: docs/speed.md);
 * **cached** / **cached-bf16**: ours (fp32 / `--bf16`) with `--cache_encoder_outputs` (the frozen encoder run once,
   before training; its time, the `encoder_cache_runtime` metric, is added to the Trainer's `train_runtime`);
 * **bare**: forward + backward + AdamW step + scheduler step over exactly the batches ours builds (taken from our

@@ -10,6 +10,7 @@ refusal is one line (an `ArgumentError`, exit code 2).
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import transformers
 import yaml
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
@@ -59,10 +61,20 @@ PUSH_USAGE = (
     f"{PUSH_PROG} --output_dir DIR [--hub_model_id ID] [--hub_token TOKEN] [--hub_revision BRANCH] "
     "[--hub_private_repo true]"
 )
+# --help starts with what a newcomer types: a training run (recipe first, flags override it) and the subcommands.
+TRAINING_USAGE = (
+    f"{PROGRAM} [RECIPE.yaml] [FLAGS]        train / evaluate / predict (`python run_prefix_tuning.py` is the same)\n"
+    f"       {PUSH_PROG} [RECIPE.yaml] --output_dir DIR --hub_model_id ID   publish a finished run\n"
+    f"       {PROGRAM} serve [RECIPE.yaml] --adapter NAME=PATH ...   answer over HTTP\n"
+    f"       {PROGRAM} --version"
+)
+# Flags of the Trainer's arguments that are ours to explain (--help shows them in an `output` group before the Trainer's).
+OUTPUT_FLAGS = ("output_dir", "overwrite_output_dir", "debug")
+MAX_CHOICES_SHOWN = 8  # a longer list of choices is a metavar in --help (--optim has 41)
 PUSH_HINT = (
     f"To publish a finished run again without training (e.g. after a failed push): {PUSH_USAGE} (also "
     f"`python run_prefix_tuning.py push ...`; `{PUSH_PROG} --help` lists its flags). Its old spelling, "
-    "`--push_only --output_dir DIR ...`, still works. Publishing is described in README.md (Publishing)."
+    "`--push_only --output_dir DIR ...`, still works. Publishing is described in docs/publishing.md."
 )
 
 
@@ -74,6 +86,8 @@ DEFAULT_LEARNING_RATES = {"prefix": 1e-2, "prompt": 1e-2, "lora": 1e-3, "full": 
 @dataclass
 class ModelArguments:
     """Which model to adapt."""
+
+    _argument_group_name = "model (ModelArguments)"  # HfArgumentParser: the --help section of these flags
 
     model_name_or_path: str | None = field(
         default=None,
@@ -116,6 +130,8 @@ TUNING_METHODS = ("prefix", "prompt", "lora", "full")
 class PrefixArguments:
     """The prefix: the only parameters that are trained (or, as a baseline, another tuning method)."""
 
+    _argument_group_name = "prefix (PrefixArguments)"
+
     tuning_method: Literal["prefix", "prompt", "lora", "full"] = field(
         default="prefix",
         metadata={
@@ -152,7 +168,7 @@ class PrefixArguments:
             "only; the adapter loads with plain `PeftModel.from_pretrained`. `all`: also encoder self-attention and "
             "cross-attention prefixes in every layer (Li & Liang, 2021), each behind a per-head gate that starts at "
             "zero (T5 and mT5; --prefix_projection and --num_virtual_tokens apply to them, they always start "
-            "random); load it after `import prefix_tuning_utils` (see README)."
+            "random); load it after `import prefix_tuning_utils` (docs/python_api.md)."
         },
     )
 
@@ -207,6 +223,8 @@ class PrefixArguments:
 @dataclass
 class DataTrainingArguments:
     """What data to train and evaluate on, and how to turn it into text-to-text examples."""
+
+    _argument_group_name = "data (DataTrainingArguments)"
 
     dataset_name: str | None = field(
         default=None,
@@ -353,6 +371,8 @@ class DataTrainingArguments:
 class PrefixTrainingArguments(Seq2SeqTrainingArguments):
     """`Seq2SeqTrainingArguments` plus the output-folder policy of this package, and defaults for prefix tuning."""
 
+    _argument_group_name = "trainer (transformers' Seq2SeqTrainingArguments, as PrefixTrainingArguments)"
+
     learning_rate: float | None = field(
         default=None,
         metadata={
@@ -404,6 +424,8 @@ class PrefixTrainingArguments(Seq2SeqTrainingArguments):
 @dataclass
 class PredictArguments:
     """How --do_predict answers --test_file (or the dataset's test split) and writes predictions.jsonl."""
+
+    _argument_group_name = "predict (PredictArguments)"
 
     predict_mode: Literal["score", "generate"] = field(
         default="score",
@@ -565,11 +587,48 @@ class _Parser(HfArgumentParser):
         raise ArgumentError(f"{message}; see --help.")
 
 
+def version_line() -> str:
+    """What `--version` prints: this package's version and those of the libraries that decide its results."""
+    from . import __version__  # the package is initialised by the time a parser is built
+
+    return (
+        f"{PROGRAM} {__version__} (torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"peft {importlib.metadata.version('peft')})"
+    )
+
+
+def _arrange_help(parser: HfArgumentParser) -> None:
+    """--help: our groups first (model, prefix, data, predict, output), then the Trainer's flags in their own section,
+    where a long list of choices (`--optim`: 41 names) is a metavar in the help, still checked on parsing."""
+    groups = {group.title.split()[0]: group for group in parser._action_groups if group.title}
+    trainer = groups["trainer"]
+    output = parser.add_argument_group("output (ours, among the Trainer's arguments)")
+    for dest in OUTPUT_FLAGS:
+        action = next(action for action in trainer._group_actions if action.dest == dest)
+        trainer._group_actions.remove(action)
+        output._group_actions.append(action)
+    for action in trainer._group_actions:
+        if action.choices is not None and len(action.choices) > MAX_CHOICES_SHOWN:
+            names = [str(choice) for choice in action.choices]
+            action.metavar = "NAME"
+            action.help = (action.help or "") + (
+                f" One of {len(names)} names ({', '.join(names[:3])}, ...; a wrong one is refused with the list)."
+            )
+    order = ("options", "model", "prefix", "data", "predict", "output", "trainer")
+    words = [(group.title or "").split(" ")[0] for group in parser._action_groups]
+    ranks = {
+        id(group): order.index(word) if word in order else -1 for group, word in zip(parser._action_groups, words)
+    }
+    parser._action_groups.sort(key=lambda group: ranks[id(group)])
+
+
 def build_parser() -> HfArgumentParser:
     """The parser of every training argument: no abbreviations (`--num_virtual_token` is not `--num_virtual_tokens`)."""
-    parser = _Parser(TRAINING_ARGUMENTS, epilog=PUSH_HINT, allow_abbrev=False)
+    parser = _Parser(TRAINING_ARGUMENTS, prog=PROGRAM, usage=TRAINING_USAGE, epilog=PUSH_HINT, allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=version_line(), help="Print the versions and exit.")
     debug = parser._option_string_actions["--debug"]
     debug.help = DEBUG_HELP + (debug.help or "")
+    _arrange_help(parser)
     if not torch.accelerator.is_available():
         # No GPU: train on CPU explicitly. Without it `--bf16` is refused, and processes started by
         # `accelerate launch` (torchrun) do not join a gloo process group: each would train alone on all the data.
@@ -584,7 +643,7 @@ def build_push_parser() -> HfArgumentParser:
         prog=PUSH_PROG,
         description=PushArguments.__doc__,
         epilog="A recipe given first supplies --output_dir and the hub_* settings; its training keys are ignored. "
-        "Publishing is described in README.md (Publishing).",
+        "Publishing is described in docs/publishing.md.",
         allow_abbrev=False,
     )
 

@@ -22,7 +22,7 @@ whose layer norms return fp32)::
 
 kept as one flat tensor on the training device (the GPU, or host memory on CPU), one copy per process. For t5-large
 on Financial PhraseBank (2,037 training sentences, 67,697 T5 tokens with end-of-sequence, 33.2 a sentence;
-d_model 1024) that is 277 MB (264 MiB) in fp32 and 139 MB in bf16 (README, "Speed").
+d_model 1024) that is 277 MB (264 MiB) in fp32 and 139 MB in bf16 (docs/speed.md).
 
 **Why not also the cross-attention keys and values.** They would save the decoder's projection of the encoder
 output into keys and values (2 matrix products per decoder layer and input token, forward only: they need no

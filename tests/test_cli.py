@@ -61,6 +61,77 @@ def test_help_in_process_documents_bare_debug(capsys):
     assert "underflow_overflow" in text  # the Trainer's own --debug values are still described
 
 
+def help_text(capsys, monkeypatch, argv=("--help",)) -> str:
+    """`prefix-tuning --help` in-process, at 80 columns (argparse wraps to the terminal's width)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.cli(list(argv))
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_starts_with_the_usage_of_the_recipe_and_the_subcommands(capsys, monkeypatch):
+    text = help_text(capsys, monkeypatch)
+    usage = text.split("\n\n")[0].splitlines()
+    assert usage[0].startswith("usage: prefix-tuning [RECIPE.yaml] [FLAGS] ")
+    assert [line.split()[:2] for line in usage[1:]] == [
+        ["prefix-tuning", "push"],
+        ["prefix-tuning", "serve"],
+        ["prefix-tuning", "--version"],
+    ]
+
+
+def test_help_shows_our_groups_before_the_trainers(capsys, monkeypatch):
+    text = help_text(capsys, monkeypatch)
+    headings = [line.split(" ")[0] for line in text.splitlines() if line and not line[0].isspace()][1:]
+    assert headings[headings.index("options:") :][:7] == [
+        "options:", "model", "prefix", "data", "predict", "output", "trainer",
+    ]  # fmt: skip
+    sections = {line.split(" ")[0]: i for i, line in enumerate(text.splitlines()) if line and not line[0].isspace()}
+    lines = text.splitlines()
+
+    def section_of(flag):
+        where = next(i for i, line in enumerate(lines) if line.startswith(f"  {flag} "))
+        return max((name for name, start in sections.items() if start < where), key=sections.get)
+
+    assert section_of("--num_virtual_tokens") == "prefix" and section_of("--model_name_or_path") == "model"
+    assert section_of("--train_file") == "data" and section_of("--predict_mode") == "predict"
+    assert section_of("--overwrite_output_dir") == "output" and section_of("--output_dir") == "output"
+    assert section_of("--learning_rate") == "trainer" and section_of("--optim") == "trainer"
+
+
+def test_help_is_short_enough_to_read(capsys, monkeypatch):
+    """At 80 columns: 172 flags (ours ~47, the Trainer's ~125) at about 4 lines each (the flag, 2-3 lines of help,
+    its default) are about 750 lines; before this, the usage block alone was 150 lines (every flag, --optim's 41
+    choices spelt out) on top of that, 894 in all. Nothing may spell out a long list of choices again."""
+    text = help_text(capsys, monkeypatch)
+    assert len(text.splitlines()) < 800
+    assert max(map(len, text.splitlines())) < 200, max(text.splitlines(), key=len)
+    assert "adamw_torch_npu_fused" not in text  # --optim shows a metavar and three of its names
+
+
+def test_optim_still_checks_its_value(capsys, tmp_path):
+    err = one_line_error(capsys, minimal_argv(tmp_path, "--optim", "adamw_nope"))
+    assert "argument --optim: invalid choice: 'adamw_nope'" in err and "'adafactor'" in err
+
+
+def test_version_prints_the_versions_and_exits_0(capsys):
+    import importlib.metadata
+
+    import torch
+    import transformers
+
+    import prefix_tuning_utils
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.cli(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"prefix-tuning {prefix_tuning_utils.__version__} ")
+    assert f"torch {torch.__version__}" in out and f"transformers {transformers.__version__}" in out
+    assert f"peft {importlib.metadata.version('peft')}" in out and len(out.splitlines()) == 1
+
+
 @pytest.mark.slow  # two Python processes and a 5-epoch run: 26 s of CPU, 104 s wall at load 17 on 2 cores
 def test_accelerate_launch_runs_the_quickstart_recipe(tmp_path):
     """The README's entry point, with its launch options (`accelerate launch --quiet --config_file

@@ -326,8 +326,9 @@ def test_files_already_in_the_cache_still_load_when_the_hub_fails(mode, tmp_path
 
 def documented_main_command() -> list[str]:
     """The main job's command exactly as README.md writes it (Install, run, test)."""
-    block = re.search(r"```bash\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.S).group(1)
-    line = next(line for line in block.replace("\\\n", " ").splitlines() if line.endswith("# the main job"))
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.S)
+    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    line = next(line for line in lines if line.endswith("# the main job"))
     return shlex.split(line.split("#", 1)[0])
 
 

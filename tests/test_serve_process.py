@@ -268,7 +268,7 @@ print("SERVER MODULES:", server)
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
 
 
-# The outputs README.md (Serving) shows, each checked here against a server started as the README starts it.
+# The outputs docs/serving.md shows (README.md shows one of them), each checked against a server started as they start it.
 README_ANSWERS = {
     '{"inputs": "Borealis Bank said its net sales rose 25 percent from a year earlier .", "adapter": "acme"}':
         '[{"label":"negative","score":0.559761643409729},{"label":"neutral","score":0.3894047737121582},'
@@ -293,11 +293,17 @@ def assert_close_json(got, expected) -> None:
 
 
 def test_readme_serving_example(tmp_path):
-    """README.md (Serving): two quickstart adapters trained and served as shown; the curl bodies answered as shown,
+    """README.md and docs/serving.md: two quickstart adapters trained and served as shown; the curl bodies answered as shown,
     and the Python API and InferenceClient lines too."""
     import json
 
     readme = " ".join((REPO / "README.md").read_text().split())
+    shown = re.findall(r"-d '([^']*)'", readme)
+    assert shown  # the README shows a curl, and each body it shows is one of these, with its answer
+    for body in shown:
+        assert body in README_ANSWERS and README_ANSWERS[body] in readme
+    assert "prefix-tuning serve --adapter acme=/tmp/acme --adapter globex=/tmp/globex" in readme
+    readme = " ".join((REPO / "docs" / "serving.md").read_text().split())  # the whole example
     for body, answer in README_ANSWERS.items():
         assert body in readme and answer in readme
     assert "prefix-tuning recipes/quickstart.yaml --output_dir /tmp/globex --num_virtual_tokens 10" in readme
