@@ -7,6 +7,8 @@ nothing with the batched path: no padding, no cache, no shared first step, no po
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
@@ -190,3 +192,18 @@ def test_causal_scores_equal_one_forward_per_label(tokenizer, llama_base_state, 
                                  scorer.answers)  # fmt: skip
         assert (plain - expected).abs().max() > 1e-2, "the adapter should change the scores"
     assert not model.training
+
+
+def test_probabilities_are_the_softmax_of_each_sentence_over_the_labels(tokenizer, t5_base_state):
+    """`probabilities` (what --do_predict writes and the API answers): each sentence's label scores made into a
+    distribution over the labels, computed here by hand from the reference scores."""
+    model = _t5(tokenizer, t5_base_state).eval()
+    data_args = DataTrainingArguments(test_file=str(QUICKSTART))
+    scorer = LabelScorer(model, tokenizer, LABELS, InputFormat.from_args(data_args, "seq2seq"))
+    texts = TEXTS[:3]
+    got = scorer.probabilities(texts)
+    reference = seq2seq_reference(model, tokenizer, data_args, texts).tolist()
+    expected = [[math.exp(s) / sum(math.exp(t) for t in row) for s in row] for row in reference]
+    assert got.shape == (3, 3)
+    torch.testing.assert_close(got, torch.tensor(expected), rtol=0, atol=1e-5)
+    assert max(max(row) for row in expected) > 0.4 and min(min(row) for row in expected) < 0.3  # not uniform
