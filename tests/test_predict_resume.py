@@ -287,3 +287,18 @@ def test_a_refusal_of_the_main_process_is_raised_and_a_fresh_start_answers_every
     done, rest = resume(fresh, INPUT, 4)
     assert done == 0 and [r.line for r in rest] == [1, 3, 5, 6]
     assert (fresh / "predictions.jsonl").read_bytes() == b""
+
+
+def test_resume_keeps_to_the_max_predict_samples_cap_and_passes_overwrite_on(tmp_path):
+    (tmp_path / "predictions.jsonl").write_bytes(row(1))
+    write_state(tmp_path, SETTINGS)
+    trainer = SimpleNamespace(
+        accelerator=SimpleNamespace(is_main_process=True, num_processes=1),
+        args=SimpleNamespace(output_dir=str(tmp_path)),
+    )
+    done, rest = _resume(trainer, iter(INPUT), 4, SETTINGS, 3, overwrite=False)  # the first 4 input rows only
+    assert done == 1 and [r.line for r in rest] == [3, 5]
+    other = {**SETTINGS, "source_prefix": "s: "}
+    done, rest = _resume(trainer, iter(INPUT), 3, other, 2, overwrite=True)  # other settings, overwritten
+    assert done == 0 and [r.line for r in rest] == [1, 3]
+    assert (tmp_path / "predictions.jsonl").read_bytes() == b""
