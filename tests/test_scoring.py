@@ -216,6 +216,7 @@ def test_each_row_is_formatted_and_truncated_as_its_adapter_was_trained(tokenize
     formats = {
         "prefixed": InputFormat("seq2seq", source_prefix="sentiment : "),
         "short": InputFormat("seq2seq", max_source_length=4),
+        "plain": InputFormat("seq2seq"),
     }
     bank = SimpleNamespace(seq2seq=True, adapter=lambda name: SimpleNamespace(input_format=formats[name]))
     scorer = LabelScorer(_t5(tokenizer, t5_base_state), tokenizer, LABELS, InputFormat("seq2seq", "base : "), bank)
@@ -232,6 +233,9 @@ def test_each_row_is_formatted_and_truncated_as_its_adapter_was_trained(tokenize
     assert tokenizer.padding_side == "right"
     same = scorer._encode(texts[:2], adapters=["short", "short"])  # one format for the batch: one tokenizer call
     assert same["input_ids"].tolist() == [expected[1], expected[1]]
+    full = tokenizer(TEXTS[1])["input_ids"]
+    mixed = scorer._encode(texts[:2], adapters=["plain", "short"])  # the same prefix, another --max_source_length
+    assert mixed["input_ids"].tolist() == [full, expected[1] + [tokenizer.pad_token_id] * (len(full) - 4)]
     with pytest.raises(ValueError, match=r"^2 adapters for 3 texts: give one adapter per text\.$"):
         scorer.log_scores(texts, adapters=["short", None])
     alone = LabelScorer(scorer.model, tokenizer, LABELS, InputFormat("seq2seq"))
