@@ -90,6 +90,16 @@ def test_a_last_row_longer_than_a_read_block_is_read_whole(tmp_path):
     assert _complete_rows(str(path)) == (2, len(long_row) + len(row(3)), row(3)[:-1])
 
 
+def test_a_newline_at_the_start_of_a_read_block_ends_a_row(tmp_path):
+    """The first row fills the first 1 MiB block exactly; its newline is the first byte of the second block, which
+    then holds the whole last row."""
+    first = json.dumps({"line": 1, "text": "x" * ((1 << 20) - 23)}).encode()
+    assert len(first) == 1 << 20
+    path = tmp_path / "predictions.jsonl"
+    path.write_bytes(first + b"\n" + row(2))
+    assert _complete_rows(str(path)) == (2, (1 << 20) + 1 + len(row(2)), row(2)[:-1])
+
+
 # --- _start_or_resume: start afresh, resume, or refuse; what each leaves on disk ---
 
 
