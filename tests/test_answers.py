@@ -52,10 +52,11 @@ def test_score_mode_ranks_the_labels_by_their_probability():
     torch.testing.assert_close(log_scores, torch.tensor([[math.log(0.1), math.log(0.6), math.log(0.3)],
                                                          [math.log(0.02), math.log(0.01), math.log(0.01)]]))  # fmt: skip
     assert scorer.calls == [("log_scores", ["a", "b"], ["x", None])]
-    assert Answerer(scorer).answer_batch(["a"]) == [
+    assert Answerer(scorer).answer_batch(["a"], adapters=["y"]) == [
         [{"label": "neutral", "score": pytest.approx(0.6)}, {"label": "positive", "score": pytest.approx(0.3)},
          {"label": "negative", "score": pytest.approx(0.1)}]
     ]  # fmt: skip
+    assert scorer.calls[-1] == ("log_scores", ["a"], ["y"])  # the row's adapter reaches the scorer
 
 
 def test_generate_mode_answers_with_the_label_written_and_its_probability():
@@ -103,7 +104,13 @@ def test_generate_mode_matches_each_row_to_its_own_adapters_label_words():
         (None, pytest.approx(0.55)),  # 1 - (0.3 + 0.15)
         ("good", pytest.approx(0.15)),  # the base model (None): every label word of the scorer
     ]
-    assert scorer.calls[1] == ("log_scores", ["a", "b", "c", "d"], ["sentiment", "grade", "grade", None])
+    assert scorer.calls == [
+        ("generate", ["a", "b", "c", "d"], ["sentiment", "grade", "grade", None], {"num_beams": 1}),
+        ("log_scores", ["a", "b", "c", "d"], ["sentiment", "grade", "grade", None]),
+    ]  # every row written and scored by its own adapter
+    # A bank's scorer without adapters= (every row the base model): the scorer's label words
+    answers = Answerer(scorer, mode="generate").answer_batch(["a", "c"], with_scores=False)
+    assert [a[0]["label"] for a in answers] == ["good", "positive"]
 
 
 @pytest.mark.parametrize(
