@@ -137,3 +137,34 @@ def test_batch_size_must_be_a_positive_integer(batch_size):
     with pytest.raises(ValueError) as error:
         PrefixClassifier(FixedScorer(LABELS, PROBABILITIES), batch_size=batch_size)
     assert str(error.value) == f"batch_size must be a positive integer, got {batch_size!r}."
+
+
+def test_defaults_one_beam_and_batches_of_one_allowed():
+    scorer = FixedScorer(LABELS, PROBABILITIES, writes={"t0": "neutral", "t1": "positive"})
+    answers = PrefixClassifier(scorer, mode="generate", batch_size=1)(["t0", "t1"])
+    assert [a["label"] for a in answers] == ["neutral", "positive"]
+    assert [call[:2] for call in scorer.calls] == [
+        ("generate", ["t0"]), ("log_scores", ["t0"]), ("generate", ["t1"]), ("log_scores", ["t1"])
+    ]  # fmt: skip
+    assert scorer.calls[0][3] == {"num_beams": 1}  # greedy unless asked: beams change the answers
+
+
+def test_batch_methods_pass_each_rows_adapter_and_the_scoring_choice_on():
+    scorer = FixedScorer(LABELS, PROBABILITIES, writes={"t0": "neutral"}, bank=bank_of("a", "b"))
+    classifier = PrefixClassifier(scorer)
+    ranked, log_scores = classifier.score_batch(["t0", "t1"], ["b", None])
+    assert [answer[0]["label"] for answer in ranked] == ["negative", "positive"] and log_scores.shape == (2, 3)
+    assert scorer.calls[-1] == ("log_scores", ["t0", "t1"], ["b", None])
+    written = PrefixClassifier(scorer, mode="generate").answer_batch(["t0"], ["a"], with_scores=False)
+    assert written == [[{"label": "neutral", "score": None, "answer": "neutral"}]]
+    assert scorer.calls[-1][:3] == ("generate", ["t0"], ["a"])  # and no scoring pass after it
+    alone = FixedScorer(LABELS, PROBABILITIES)
+    PrefixClassifier(alone, adapter_names=["solo"]).score_batch(["t0"], ["solo"])
+    assert alone.calls == [("log_scores", ["t0"], None)]  # a model alone answers every row itself
+
+
+def test_every_name_after_a_base_model_row_is_checked():
+    classifier = PrefixClassifier(FixedScorer(LABELS, PROBABILITIES, bank=bank_of("a", "b")))
+    with pytest.raises(ValueError) as raised:
+        classifier(["t0", "t1", "t2"], adapter=[None, "a", "c"])
+    assert str(raised.value) == "Unknown adapter 'c' (text 2); this classifier has a, b."
