@@ -407,7 +407,9 @@ class PrefixClassifier:
     def _check_inputs(self, inputs) -> list[str]:
         if isinstance(inputs, str):
             texts = [inputs]
-        elif isinstance(inputs, Sequence) or (hasattr(inputs, "__iter__") and not isinstance(inputs, (bytes, dict))):
+        elif not isinstance(inputs, (bytes, bytearray, dict)) and (
+            isinstance(inputs, Sequence) or hasattr(inputs, "__iter__")
+        ):  # bytes are a Sequence too, of ints: refused as bytes, not as "Input 0 is a int"
             texts = list(inputs)
         else:
             raise TypeError(f"Expected a string or a list of strings, got {type(inputs).__name__}.")

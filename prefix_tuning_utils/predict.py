@@ -130,8 +130,10 @@ def answer_rows(scorer: LabelScorer, rows: list[Row], mode: str, num_beams: int 
 
 
 def _complete_rows(path: str) -> tuple[int, int, bytes | None]:
-    """(complete lines, byte length of the complete part, last complete line) of a file that may end mid-line."""
-    count, end, block_size = 0, 0, 1 << 20
+    """(complete lines, byte length of the complete part, last complete line) of a file that may end mid-line.
+
+    Read in blocks of 1 MiB; the last complete line is read whole, however long (a row of a 2 MiB sentence too)."""
+    count, start, end, block_size = 0, 0, 0, 1 << 20
     last = None
     with open(path, "rb") as handle:
         offset = 0
@@ -139,12 +141,13 @@ def _complete_rows(path: str) -> tuple[int, int, bytes | None]:
             count += block.count(b"\n")
             newline = block.rfind(b"\n")
             if newline >= 0:
+                previous = block.rfind(b"\n", 0, newline)  # else the line began where the complete part ended
+                start = offset + previous + 1 if previous >= 0 else end
                 end = offset + newline + 1
             offset += len(block)
         if end:
-            handle.seek(max(0, end - block_size))
-            tail = handle.read(end - max(0, end - block_size))
-            last = tail[:-1].rsplit(b"\n", 1)[-1]
+            handle.seek(start)
+            last = handle.read(end - 1 - start)
     return count, end, last
 
 

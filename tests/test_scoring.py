@@ -7,6 +7,9 @@ nothing with the batched path: no padding, no cache, no shared first step, no po
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 import pytest
 import torch
 from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
@@ -190,3 +193,53 @@ def test_causal_scores_equal_one_forward_per_label(tokenizer, llama_base_state, 
                                  scorer.answers)  # fmt: skip
         assert (plain - expected).abs().max() > 1e-2, "the adapter should change the scores"
     assert not model.training
+
+
+def test_probabilities_are_the_softmax_of_each_sentence_over_the_labels(tokenizer, t5_base_state):
+    """`probabilities` (what --do_predict writes and the API answers): each sentence's label scores made into a
+    distribution over the labels, computed here by hand from the reference scores."""
+    model = _t5(tokenizer, t5_base_state).eval()
+    data_args = DataTrainingArguments(test_file=str(QUICKSTART))
+    scorer = LabelScorer(model, tokenizer, LABELS, InputFormat.from_args(data_args, "seq2seq"))
+    texts = TEXTS[:3]
+    got = scorer.probabilities(texts)
+    reference = seq2seq_reference(model, tokenizer, data_args, texts).tolist()
+    expected = [[math.exp(s) / sum(math.exp(t) for t in row) for s in row] for row in reference]
+    assert got.shape == (3, 3)
+    torch.testing.assert_close(got, torch.tensor(expected), rtol=0, atol=1e-5)
+    assert max(max(row) for row in expected) > 0.4 and min(min(row) for row in expected) < 0.3  # not uniform
+
+
+def test_each_row_is_formatted_and_truncated_as_its_adapter_was_trained(tokenizer, t5_base_state):
+    """With a bank, row i is read as adapter i was trained (its --source_prefix, its --max_source_length), the rows
+    of the base model as the scorer's own format; the expected ids tokenize each sentence alone."""
+    formats = {
+        "prefixed": InputFormat("seq2seq", source_prefix="sentiment : "),
+        "short": InputFormat("seq2seq", max_source_length=4),
+        "plain": InputFormat("seq2seq"),
+    }
+    bank = SimpleNamespace(seq2seq=True, adapter=lambda name: SimpleNamespace(input_format=formats[name]))
+    scorer = LabelScorer(_t5(tokenizer, t5_base_state), tokenizer, LABELS, InputFormat("seq2seq", "base : "), bank)
+    texts = [TEXTS[1], TEXTS[1], TEXTS[0]]
+    batch = scorer._encode(texts, adapters=["prefixed", "short", None])
+    expected = [
+        tokenizer("sentiment : " + TEXTS[1])["input_ids"],
+        tokenizer(TEXTS[1])["input_ids"][:3] + [tokenizer.eos_token_id],  # 4 tokens, the last one end-of-sequence
+        tokenizer("base : " + TEXTS[0])["input_ids"],
+    ]
+    width = max(len(ids) for ids in expected)
+    assert batch["input_ids"].tolist() == [ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids in expected]
+    assert batch["attention_mask"].tolist() == [[1] * len(ids) + [0] * (width - len(ids)) for ids in expected]
+    assert tokenizer.padding_side == "right"
+    same = scorer._encode(texts[:2], adapters=["short", "short"])  # one format for the batch: one tokenizer call
+    assert same["input_ids"].tolist() == [expected[1], expected[1]]
+    full = tokenizer(TEXTS[1])["input_ids"]
+    mixed = scorer._encode(texts[:2], adapters=["plain", "short"])  # the same prefix, another --max_source_length
+    assert mixed["input_ids"].tolist() == [full, expected[1] + [tokenizer.pad_token_id] * (len(full) - 4)]
+    with pytest.raises(ValueError, match=r"^2 adapters for 3 texts: give one adapter per text\.$"):
+        scorer.log_scores(texts, adapters=["short", None])
+    alone = LabelScorer(scorer.model, tokenizer, LABELS, InputFormat("seq2seq"))
+    with pytest.raises(ValueError, match=r"^adapters= needs a scorer built on an AdapterBank \(several adapters of"):
+        alone.log_scores(texts[:1], adapters=["short"])
+    with pytest.raises(ValueError, match=r"^The adapter bank is for a seq2seq model, the input format for causal\.$"):
+        LabelScorer(scorer.model, tokenizer, LABELS, InputFormat("causal"), bank)
