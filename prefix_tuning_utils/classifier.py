@@ -162,8 +162,10 @@ class PrefixClassifier:
         one, else the CPU). `dtype` (or `torch_dtype`): the weights' dtype, e.g. torch.bfloat16 (default: as
         saved, float32 for the quickstart); bfloat16 is the path of `--bf16 --do_predict` (the base model in bf16,
         the adapter's own weights as saved, label scores summed in fp32) and is refused, before anything is loaded,
-        on a device that cannot compute in it (a CPU without bf16 kernels, a GPU older than Ampere). `label_words`: only for a model saved without `prefix_tuning.json`
-        (the label words are otherwise read from it). `revision`, `token`, `cache_dir`: of the Hub repo(s).
+        on a device that cannot compute in it (a CPU without bf16 kernels, a GPU older than Ampere). `label_words`:
+        for one model, the label words to rank instead of those saved in its `prefix_tuning.json` (as --label_words
+        does for --do_predict; needed for a model saved without them); for several adapters, only for those saved
+        without label words (each adapter answers with its own saved words). `revision`, `token`, `cache_dir`: of the Hub repo(s).
         """
         dtype = _resolve_dtype(dtype, torch_dtype)
         device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
