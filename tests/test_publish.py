@@ -236,6 +236,7 @@ def test_model_card_front_matter_has_the_run_s_eval_accuracy(fake, published):
     assert "Seq2SeqTrainingArguments" not in card and str(published.tmp) not in card.split("## Training")[0]
 
 
+@pytest.mark.slow  # trains, then pushes twice to a fake Hub: 2.5 s a case
 @pytest.mark.parametrize("status", [500, 403])
 def test_refused_commit_exits_with_one_line_and_push_only_publishes_later(
     fake, tmp_path, monkeypatch, capsys, tiny_t5_dir, status
