@@ -17,16 +17,13 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from transformers import T5ForConditionalGeneration
 
-from prefix_tuning_utils.answering import LabelScorer
 from prefix_tuning_utils.classifier import PrefixClassifier
-from prefix_tuning_utils.input_format import InputFormat
 from prefix_tuning_utils.serving import ServeSettings
 from prefix_tuning_utils.serving.app import create_app
 from prefix_tuning_utils.serving.batching import BatchFailedError, DynamicBatcher
 from prefix_tuning_utils.serving.errors import ServeError
-from tests.tiny_adapters import LABELS, save_adapter, save_base
+from tests.tiny_adapters import LABELS, answers_alone, assert_same_answer, save_seq2seq_adapters
 
 
 ADAPTERS = {
@@ -46,12 +43,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, tokenizer, tokenizer_dir):
-    base = save_base("seq2seq", tmp_path_factory.mktemp("serve-base"), tokenizer, tokenizer_dir)
-    out = {"__base__": base}
-    for name, (kind, virtual, fmt) in ADAPTERS.items():
-        out[name] = tmp_path_factory.mktemp(f"serve-{name}")
-        save_adapter(base, "seq2seq", name, kind, virtual, fmt, out[name])
-    return out
+    return save_seq2seq_adapters(tmp_path_factory, tokenizer, tokenizer_dir, ADAPTERS, "serve")
 
 
 @pytest.fixture(scope="module")
@@ -61,26 +53,7 @@ def classifier(folders):
 
 @pytest.fixture(scope="module")
 def alone(folders):
-    """answer(text, adapter) -> every label best first, from the Python API answering that text alone."""
-    models: dict = {}
-
-    def answer(text: str, name: str | None) -> list[dict]:
-        if name not in models:
-            if name is None:
-                first = PrefixClassifier.from_pretrained(str(folders["acme"]))
-                base = T5ForConditionalGeneration.from_pretrained(folders["__base__"]).eval()
-                models[None] = PrefixClassifier(LabelScorer(base, first.tokenizer, LABELS, InputFormat("seq2seq")))
-            else:
-                models[name] = PrefixClassifier.from_pretrained(str(folders[name]), device="cpu")
-        return models[name](text, top_k=None)
-
-    return answer
-
-
-def assert_same_answer(got: list[dict], expected: list[dict]) -> None:
-    assert [item["label"] for item in got] == [item["label"] for item in expected], (got, expected)
-    for a, b in zip(got, expected):
-        assert a["score"] == pytest.approx(b["score"], abs=1e-5), (got, expected)
+    return answers_alone(folders, first="acme")
 
 
 def call(app, scenario: Callable[[httpx.AsyncClient], Awaitable], headers: dict | None = None):

@@ -25,13 +25,10 @@ from collections import Counter
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from transformers import T5ForConditionalGeneration
 
-from prefix_tuning_utils.answering import LabelScorer
 from prefix_tuning_utils.classifier import PrefixClassifier
-from prefix_tuning_utils.input_format import InputFormat
 from tests.conftest import REPO
-from tests.tiny_adapters import LABELS, save_adapter, save_base
+from tests.tiny_adapters import answers_alone, assert_same_answer, save_seq2seq_adapters
 
 
 pytestmark = pytest.mark.slow
@@ -58,36 +55,12 @@ SERVING = re.compile(r"Serving .* on (http://127\.0\.0\.1:\d+) ")
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, tokenizer, tokenizer_dir):
-    base = save_base("seq2seq", tmp_path_factory.mktemp("process-base"), tokenizer, tokenizer_dir)
-    out = {"__base__": base}
-    for name, (kind, virtual, fmt) in ADAPTERS.items():
-        out[name] = tmp_path_factory.mktemp(f"process-{name}")
-        save_adapter(base, "seq2seq", name, kind, virtual, fmt, out[name])
-    return out
+    return save_seq2seq_adapters(tmp_path_factory, tokenizer, tokenizer_dir, ADAPTERS, "process")
 
 
 @pytest.fixture(scope="module")
 def alone(folders):
-    """answer(text, adapter) -> every label best first, from the Python API answering that text alone."""
-    models: dict = {}
-
-    def answer(text: str, name: str | None) -> list[dict]:
-        if name not in models:
-            if name is None:
-                first = PrefixClassifier.from_pretrained(str(folders["p4"]))
-                base = T5ForConditionalGeneration.from_pretrained(folders["__base__"]).eval()
-                models[None] = PrefixClassifier(LabelScorer(base, first.tokenizer, LABELS, InputFormat("seq2seq")))
-            else:
-                models[name] = PrefixClassifier.from_pretrained(str(folders[name]), device="cpu")
-        return models[name](text, top_k=None)
-
-    return answer
-
-
-def assert_same_answer(got: list[dict], expected: list[dict]) -> None:
-    assert [item["label"] for item in got] == [item["label"] for item in expected], (got, expected)
-    for a, b in zip(got, expected):
-        assert a["score"] == pytest.approx(b["score"], abs=1e-5), (got, expected)
+    return answers_alone(folders, first="p4")
 
 
 class Server:

@@ -79,3 +79,44 @@ def save_adapter(base_dir, task: str, name: str, kind: str, virtual: int, fmt: d
     config_path.write_text(json.dumps(adapter_config))
     settings = {"format": 1, "task": task, "label_words": LABELS, **InputFormat(task, **fmt).settings()}
     (out / "prefix_tuning.json").write_text(json.dumps(settings))
+
+
+def answers_alone(folders: dict, first: str):
+    """answer(text, adapter) -> every label best first, from the Python API answering that text with that adapter
+    alone (None: the base model, with the tokenizer of adapter `first`): the reference a mixed batch is held to."""
+    from prefix_tuning_utils.answering import LabelScorer
+    from prefix_tuning_utils.classifier import PrefixClassifier
+
+    models: dict = {}
+
+    def answer(text: str, name: str | None) -> list[dict]:
+        if name not in models:
+            if name is None:
+                tokenizer = PrefixClassifier.from_pretrained(str(folders[first])).tokenizer
+                base = T5ForConditionalGeneration.from_pretrained(folders["__base__"]).eval()
+                models[None] = PrefixClassifier(LabelScorer(base, tokenizer, LABELS, InputFormat("seq2seq")))
+            else:
+                models[name] = PrefixClassifier.from_pretrained(str(folders[name]), device="cpu")
+        return models[name](text, top_k=None)
+
+    return answer
+
+
+def assert_same_answer(got: list[dict], expected: list[dict]) -> None:
+    """The same labels in the same order, each score within 1e-5."""
+    import pytest
+
+    assert [item["label"] for item in got] == [item["label"] for item in expected], (got, expected)
+    for a, b in zip(got, expected):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5), (got, expected)
+
+
+def save_seq2seq_adapters(tmp_path_factory, tokenizer, tokenizer_dir, adapters: dict, prefix: str) -> dict:
+    """{"__base__": folder, name: folder}: a tiny T5 base and one saved adapter per `adapters` entry
+    (name -> (kind, virtual tokens, input format)), in folders named after `prefix`."""
+    base = save_base("seq2seq", tmp_path_factory.mktemp(f"{prefix}-base"), tokenizer, tokenizer_dir)
+    out = {"__base__": base}
+    for name, (kind, virtual, fmt) in adapters.items():
+        out[name] = tmp_path_factory.mktemp(f"{prefix}-{name}")
+        save_adapter(base, "seq2seq", name, kind, virtual, fmt, out[name])
+    return out
