@@ -71,6 +71,77 @@ ITEM_HINTS = {"inputs": "must be a string", "adapter": "must be an adapter name,
 BODY_EXAMPLE = '{"inputs": "Profit rose .", "adapter": "NAME"}'
 
 
+# --- the checks of a request (one ServeError each, naming what to change) ---------------------------------------------
+
+
+def check_inputs(inputs: str | list[str], settings: ServeSettings) -> tuple[list[str], bool]:
+    """(the texts, whether one text was sent bare) within the server's limits."""
+    single = isinstance(inputs, str)
+    texts = [inputs] if single else list(inputs)
+    if not texts:
+        raise ServeError("validation", "`inputs` is an empty list: give at least one text.")
+    if len(texts) > settings.max_inputs_per_request:
+        raise ServeError(
+            "too_large",
+            f"`inputs` has {len(texts)} texts; this server answers at most {settings.max_inputs_per_request} per "
+            "request (--max_inputs_per_request): split the request.",
+        )
+    for index, text in enumerate(texts):
+        where = "`inputs`" if single else f"`inputs[{index}]`"
+        if not text.strip():
+            raise ServeError("validation", f"{where} is empty: there is nothing to classify.")
+        if len(text) > settings.max_chars_per_input:
+            raise ServeError(
+                "too_large",
+                f"{where} has {len(text)} characters; this server reads at most {settings.max_chars_per_input} "
+                "per input (--max_chars_per_input).",
+            )
+    return texts, single
+
+
+def row_adapters(adapter, count: int, names: list[str], has_bank: bool) -> list[str | None]:
+    """One adapter name per row (None: the base model) from a request's `adapter`, checked against `names`."""
+    if adapter is None:
+        if len(names) > 1:
+            raise ServeError(
+                "validation",
+                f"Name the adapter: `adapter` is one of {', '.join(names)}, or a list, one per input.",
+            )
+        return [names[0]] * count
+    rows = [adapter] * count if isinstance(adapter, str) else list(adapter)
+    if len(rows) != count:
+        raise ServeError(
+            "validation", f"`adapter` has {len(rows)} names for {count} inputs: give one per input, or one name."
+        )
+    for index, name in enumerate(rows):
+        if name is None and not has_bank:
+            raise ServeError(
+                "validation",
+                f"`adapter[{index}]` is null (the base model), but this server holds {names[0]} alone, not a "
+                "bank of prefix or prompt adapters over a base model.",
+            )
+        if name is not None and name not in names:
+            raise ServeError(
+                "unknown_adapter",
+                f"Unknown adapter {name!r}{'' if isinstance(adapter, str) else f' (input {index})'}; this server "
+                f"has {', '.join(names)}.",
+                status=422,
+            )
+    return rows
+
+
+def check_top_k(top_k: int | None, mode: str) -> int | None:
+    if mode == "generate" and top_k not in (None, 1):
+        raise ServeError(
+            "validation", "`top_k` applies to score mode; this server generates one answer per input (top_k 1)."
+        )
+    return top_k
+
+
+def ranked(answers: list[list[dict]], top_k: int | None) -> list[list[dict]]:
+    return [labels[:top_k] if top_k is not None else labels for labels in answers]
+
+
 def create_app(classifier, settings: ServeSettings | None = None, *, answer: AnswerFunction | None = None) -> FastAPI:
     """The app serving `classifier` (a ``PrefixClassifier`` of named adapters) under `settings`.
 
@@ -84,7 +155,6 @@ def create_app(classifier, settings: ServeSettings | None = None, *, answer: Ans
             "create_app serves named adapters: load them with PrefixClassifier.from_pretrained({name: folder or Hub "
             "id, ...})."
         )
-    known = set(names)
     metrics = ServeMetrics(names, settings.max_batch_size)
     batcher = DynamicBatcher(
         answer or functools.partial(classifier.answer_batch, with_scores=True),
@@ -108,67 +178,6 @@ def create_app(classifier, settings: ServeSettings | None = None, *, answer: Ans
         lifespan=lifespan,
     )
     app.state.batcher, app.state.metrics, app.state.classifier = batcher, metrics, classifier
-
-    # --- checks -----------------------------------------------------------------------------------------------------
-
-    def check_inputs(inputs: str | list[str]) -> tuple[list[str], bool]:
-        single = isinstance(inputs, str)
-        texts = [inputs] if single else list(inputs)
-        if not texts:
-            raise ServeError("validation", "`inputs` is an empty list: give at least one text.")
-        if len(texts) > settings.max_inputs_per_request:
-            raise ServeError(
-                "too_large",
-                f"`inputs` has {len(texts)} texts; this server answers at most {settings.max_inputs_per_request} per "
-                "request (--max_inputs_per_request): split the request.",
-            )
-        for index, text in enumerate(texts):
-            where = "`inputs`" if single else f"`inputs[{index}]`"
-            if not text.strip():
-                raise ServeError("validation", f"{where} is empty: there is nothing to classify.")
-            if len(text) > settings.max_chars_per_input:
-                raise ServeError(
-                    "too_large",
-                    f"{where} has {len(text)} characters; this server reads at most {settings.max_chars_per_input} "
-                    "per input (--max_chars_per_input).",
-                )
-        return texts, single
-
-    def row_adapters(adapter, count: int) -> list[str | None]:
-        if adapter is None:
-            if len(names) > 1:
-                raise ServeError(
-                    "validation",
-                    f"Name the adapter: `adapter` is one of {', '.join(names)}, or a list, one per input.",
-                )
-            return [names[0]] * count
-        rows = [adapter] * count if isinstance(adapter, str) else list(adapter)
-        if len(rows) != count:
-            raise ServeError(
-                "validation", f"`adapter` has {len(rows)} names for {count} inputs: give one per input, or one name."
-            )
-        for index, name in enumerate(rows):
-            if name is None and classifier.bank is None:
-                raise ServeError(
-                    "validation",
-                    f"`adapter[{index}]` is null (the base model), but this server holds {names[0]} alone, not a "
-                    "bank of prefix or prompt adapters over a base model.",
-                )
-            if name is not None and name not in known:
-                raise ServeError(
-                    "unknown_adapter",
-                    f"Unknown adapter {name!r}{'' if isinstance(adapter, str) else f' (input {index})'}; this server "
-                    f"has {', '.join(names)}.",
-                    status=422,
-                )
-        return rows
-
-    def check_top_k(top_k: int | None) -> int | None:
-        if classifier.mode == "generate" and top_k not in (None, 1):
-            raise ServeError(
-                "validation", "`top_k` applies to score mode; this server generates one answer per input (top_k 1)."
-            )
-        return top_k
 
     async def answer_rows(request: Request, texts: list[str], adapters: list[str | None]):
         """The rows' answers from the batcher, or None when the client hung up first (its waiting rows dropped)."""
@@ -194,9 +203,6 @@ def create_app(classifier, settings: ServeSettings | None = None, *, answer: Ans
         except BatchFailedError as err:
             raise ServeError("backend", str(err)) from err
 
-    def ranked(answers: list[list[dict]], top_k: int | None) -> list[list[dict]]:
-        return [labels[:top_k] if top_k is not None else labels for labels in answers]
-
     # --- routes -----------------------------------------------------------------------------------------------------
 
     @app.post(
@@ -206,9 +212,9 @@ def create_app(classifier, settings: ServeSettings | None = None, *, answer: Ans
         summary="Classify texts, each with its adapter (text-embeddings-inference's /predict shape)",
     )
     async def predict(body: PredictRequest, request: Request):
-        texts, single = check_inputs(body.inputs)
-        adapters = row_adapters(body.adapter, len(texts))
-        top_k = check_top_k(body.top_k)
+        texts, single = check_inputs(body.inputs, settings)
+        adapters = row_adapters(body.adapter, len(texts), names, classifier.bank is not None)
+        top_k = check_top_k(body.top_k, classifier.mode)
         answers = await answer_rows(request, texts, adapters)
         if answers is None:
             return Response(status_code=KINDS["disconnected"])
@@ -222,10 +228,10 @@ def create_app(classifier, settings: ServeSettings | None = None, *, answer: Ans
         summary="Classify with one adapter (the Hugging Face Inference API's text-classification shape)",
     )
     async def classify(name: str, body: InferenceRequest, request: Request):
-        if name not in known:
+        if name not in names:
             raise ServeError("unknown_adapter", f"No adapter {name!r} on this server; it has {', '.join(names)}.")
-        texts, _ = check_inputs(body.inputs)
-        top_k = check_top_k(body.parameters.top_k if body.parameters is not None else None)
+        texts, _ = check_inputs(body.inputs, settings)
+        top_k = check_top_k(body.parameters.top_k if body.parameters is not None else None, classifier.mode)
         answers = await answer_rows(request, texts, [name] * len(texts))
         if answers is None:
             return Response(status_code=KINDS["disconnected"])
@@ -252,7 +258,21 @@ def create_app(classifier, settings: ServeSettings | None = None, *, answer: Ans
     async def prometheus_metrics():
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    # --- errors -----------------------------------------------------------------------------------------------------
+    _add_error_handlers(app, metrics)
+
+    app.add_middleware(
+        RequestGuard,
+        metrics=metrics,
+        routes=app.router.routes,
+        api_key=settings.api_key,
+        max_body_bytes=settings.max_request_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
+    return app
+
+
+def _add_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
+    """Every error as JSON `{"error": message, "error_type": kind}` with its status, counted by kind."""
 
     def refuse(kind: str, message: str, status: int | None = None, headers: dict | None = None) -> JSONResponse:
         metrics.error(kind)
@@ -282,16 +302,6 @@ def create_app(classifier, settings: ServeSettings | None = None, *, answer: Ans
     async def internal_error(request: Request, err: Exception):
         logger.exception("Unexpected error on %s %s", request.method, request.url.path)
         return refuse("backend", f"Internal error ({type(err).__name__}); the server logged it.")
-
-    app.add_middleware(
-        RequestGuard,
-        metrics=metrics,
-        routes=app.router.routes,
-        api_key=settings.api_key,
-        max_body_bytes=settings.max_request_bytes,
-        body_timeout_s=settings.body_timeout_s,
-    )
-    return app
 
 
 async def _disconnected(request: Request) -> None:
