@@ -22,8 +22,8 @@ weights stored in bf16 are cast never. So, per run (:func:`plan_precision`):
 
 Where bf16 is not supported, :func:`check_bf16_supported` refuses it in one line: a GPU without bf16 (compute
 capability below 8.0) and a CPU for which torch has no bf16 matrix kernel (no oneDNN bf16 support: AVX2-only x86),
-where torch falls back to a generic kernel that multiplied bf16 matrices at 0.22 GFLOP/s against fp32's 17 on a
-2-core AMD EPYC (AVX2), and a prefix-tuning step of a t5-small shape took 5.5x as long as in fp32. A CPU that oneDNN
+where torch falls back to a generic kernel that multiplied bf16 matrices at 16 GFLOP/s against fp32's 131 on an
+idle 2-core AMD EPYC (AVX2) at a t5-small shape, and a prefix-tuning step of a t5-small shape took 5.5x as long as in fp32. A CPU that oneDNN
 runs bf16 on by emulation (AVX512 without BF16) gets a warning: it computes at about fp32's speed, with half the
 weights' memory.
 """
@@ -58,7 +58,7 @@ CPU_BF16_SUPPORT = ("native", "emulated", "none")
 def cpu_bf16_support() -> str:
     """`native` (AVX512-BF16 or AMX on x86, BF16 instructions on ARM), `emulated` (oneDNN runs bf16 without bf16
     instructions: AVX512 without BF16; about fp32's speed) or `none` (no oneDNN bf16 kernels: torch's generic
-    fallback, dozens of times slower than fp32 for matrix products)."""
+    fallback, several times slower than fp32 for matrix products)."""
     try:
         onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch built without oneDNN
@@ -89,7 +89,7 @@ def check_bf16_supported(device_type: str, what: str = "--bf16", fix: str = "dro
     if support == "none":
         raise ArgumentError(
             f"{what}: this CPU ({platform.machine()}) has neither AVX512-BF16 nor AMX and torch has no bf16 kernels "
-            f"for it: bf16 matrix products would run dozens of times slower than fp32 (a training step about 5x "
+            f"for it: bf16 matrix products would run about 8x slower than fp32 (a training step about 5x "
             f"slower); {fix} to compute in fp32."
         )
     if support == "emulated":
