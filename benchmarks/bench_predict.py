@@ -59,6 +59,7 @@ from common import (  # noqa: E402
     matmul_shapes,
     peak_line,
     save_t5_small_shaped,
+    t5_prefix_config,
     t5_small_shaped,
 )
 
@@ -75,7 +76,7 @@ def tiny():
 def build_adapter(folder: Path, config, tokenizer, num_virtual_tokens: int = 20) -> Path:
     """A T5 with random weights (seed 0) and a random prefix adapter on it, saved as a user's would be."""
     import torch
-    from peft import PrefixTuningConfig, TaskType, get_peft_model
+    from peft import get_peft_model
     from transformers import T5ForConditionalGeneration
 
     from prefix_tuning_utils.input_format import InputFormat
@@ -86,13 +87,7 @@ def build_adapter(folder: Path, config, tokenizer, num_virtual_tokens: int = 20)
     model = T5ForConditionalGeneration(config)
     model.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
-    peft_config = PrefixTuningConfig(
-        task_type=TaskType.SEQ_2_SEQ_LM,
-        num_virtual_tokens=num_virtual_tokens,
-        token_dim=config.num_heads * config.d_kv,
-        num_attention_heads=config.num_heads,
-        num_layers=config.num_decoder_layers,
-    )
+    peft_config = t5_prefix_config(config, num_virtual_tokens)
     adapter = get_peft_model(model, peft_config)
     adapter.peft_config["default"].base_model_name_or_path = str(base_dir)
     adapter.save_pretrained(adapter_dir)

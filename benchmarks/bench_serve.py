@@ -66,6 +66,7 @@ from common import (  # noqa: E402
     default_tokenizer_file,
     machine_line,
     require_phrasebank,
+    t5_prefix_config,
     write_readme_block,
 )
 
@@ -83,7 +84,7 @@ def build(
     """A T5 of `shape` (random weights, seed) with the T5 tokenizer, and `count` random prefix adapters on it, saved
     as a training run saves them (peft's adapter files and prefix_tuning.json). Reused when already there."""
     import torch
-    from peft import PrefixTuningConfig, TaskType, get_peft_model
+    from peft import get_peft_model
     from safetensors.torch import save_file
     from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
@@ -102,13 +103,7 @@ def build(
     model = T5ForConditionalGeneration(config)
     model.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
-    peft_config = PrefixTuningConfig(
-        task_type=TaskType.SEQ_2_SEQ_LM,
-        num_virtual_tokens=virtual,
-        token_dim=config.num_heads * config.d_kv,
-        num_attention_heads=config.num_heads,
-        num_layers=config.num_decoder_layers,
-    )
+    peft_config = t5_prefix_config(config, virtual)
     template = work / "template"
     adapter = get_peft_model(model, peft_config)
     adapter.peft_config["default"].base_model_name_or_path = str(base_dir)

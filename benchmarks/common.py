@@ -186,3 +186,17 @@ def seq2seq_model_flops(config, enc: list[int], dec: list[int], train: bool, cac
         else:
             total += encoder + cross_kv + linear + attention
     return 2.0 * total
+
+
+def t5_prefix_config(config, num_virtual_tokens: int, **extra):
+    """peft's decoder-prefix config for a T5 `config` built from a config (no model name to read the sizes from)."""
+    from peft import PrefixTuningConfig, TaskType
+
+    return PrefixTuningConfig(
+        task_type=TaskType.SEQ_2_SEQ_LM,
+        num_virtual_tokens=num_virtual_tokens,
+        token_dim=config.num_heads * config.d_kv,
+        num_attention_heads=config.num_heads,
+        num_layers=config.num_decoder_layers,
+        **extra,
+    )
