@@ -8,7 +8,7 @@ Load: one-sentence requests (Financial PhraseBank sentences) from `--clients` co
 loopback) to a real server process, a bounded number of requests, each naming an adapter drawn uniformly (seeded).
 Every answer is checked against the Python API (`PrefixClassifier` on the same adapters, its own batches): labels
 and scores within 1e-4. Each mode starts a server of its own, measures rows/s, p50 / p99 latency and the server's
-peak RSS, then stops it with SIGTERM (it must exit 0):
+peak RSS, then stops it with SIGTERM (it must exit 0). Every mode runs on the same `--device`:
 
 * `1 adapter, served alone`: the baseline, one adapter through peft's own forward (what one process per adapter
   runs); `1 adapter`: the same through the server's adapter bank;
@@ -33,6 +33,7 @@ the package), the serve extra (`pip install -e '.[serve]'`), Financial PhraseBan
 
     python benchmarks/bench_serve.py --write-readme     # the full run (see benchmarks/README.md for its time)
     python benchmarks/bench_serve.py --quick            # a tiny T5 shape, few requests: checks the machinery
+    python benchmarks/bench_serve.py --device cuda      # every server on the GPU (the default when there is one)
 """
 
 from __future__ import annotations
@@ -169,10 +170,24 @@ class ServerProcess:
             return -9
 
 
-def serve_command(args, recipe: Path) -> list[str]:
-    return [sys.executable, "run_prefix_tuning.py", "serve", str(recipe), "--port", "0", "--access_log", "false",
-            "--max_batch_size", str(args.max_batch_size), "--max_wait_ms", str(args.max_wait_ms),
-            "--max_chars_per_input", str(MAX_CHARS)]  # fmt: skip
+def mode_command(args, mode: Mode, used: list[Path], work: Path) -> list[str]:
+    """The command of a mode's server: `prefix-tuning serve` on a recipe naming the adapters, or a baseline worker;
+    every mode on the same `--device`, so that the baselines and the bank are compared on one device."""
+    common = ["--max_batch_size", str(args.max_batch_size), "--max_wait_ms", str(args.max_wait_ms),
+              "--device", args.device]  # fmt: skip
+    if mode.command == "serve":
+        recipe = write_recipe(work / f"{mode.adapters}-adapters.yaml", used)
+        return [sys.executable, "run_prefix_tuning.py", "serve", str(recipe), "--port", "0", "--access_log", "false",
+                "--max_chars_per_input", str(MAX_CHARS), *common]  # fmt: skip
+    return [sys.executable, __file__, "--worker", mode.command, "--worker_adapters",
+            ",".join(str(folder) for folder in used), *common]  # fmt: skip
+
+
+def device_name(device: str) -> str:
+    """`device`, with the GPU's name for a CUDA device."""
+    import torch
+
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else device
 
 
 def write_recipe(path: Path, folders: list[Path]) -> Path:
@@ -181,11 +196,10 @@ def write_recipe(path: Path, folders: list[Path]) -> Path:
     return path
 
 
-def worker(args) -> None:
-    """A server whose batches another function answers (the baselines): `--worker peft` serves one adapter through
-    peft's own forward, `--worker switching` several through one PeftModel, grouping each batch's rows by adapter."""
-    import logging
-
+def switching_baseline(folders: list[Path], device: str, batch_size: int):
+    """The baseline peft allows: one `PeftModel` holding every adapter (`load_adapter`); a batch's rows grouped by
+    adapter, one `set_adapter` and forward per group. Returns the classifier the server describes (names, labels)
+    and the function that answers a batch."""
     import torch
     from peft import PeftModel
     from transformers import AutoTokenizer, T5ForConditionalGeneration
@@ -193,31 +207,17 @@ def worker(args) -> None:
     from prefix_tuning_utils.answering import Answerer, LabelScorer
     from prefix_tuning_utils.classifier import PrefixClassifier
     from prefix_tuning_utils.input_format import InputFormat
-    from prefix_tuning_utils.serving import ServeSettings
-    from prefix_tuning_utils.serving.cli import setup_logging
-    from prefix_tuning_utils.serving.server import serve
 
-    setup_logging("info")
-    folders = [Path(folder) for folder in args.worker_adapters.split(",")]
     names = [folder.name for folder in folders]
-    settings = ServeSettings(
-        port=0, access_log=False, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-        max_chars_per_input=MAX_CHARS,
-    )  # fmt: skip
-    if args.worker == "peft":
-        classifier = PrefixClassifier.from_pretrained(str(folders[0]), device="cpu")
-        classifier.adapter_names = names[:1]  # served alone under its name: every row through peft's forward
-        serve(settings, classifier)
-        return
     base_dir = json.loads((folders[0] / "adapter_config.json").read_text())["base_model_name_or_path"]
     model = PeftModel.from_pretrained(
         T5ForConditionalGeneration.from_pretrained(base_dir), folders[0], adapter_name=names[0]
     )
     for folder, name in zip(folders[1:], names[1:]):
         model.load_adapter(folder, adapter_name=name)
-    model.eval()
+    model.to(device).eval()
     scorer = LabelScorer(model, AutoTokenizer.from_pretrained(base_dir), LABELS, InputFormat("seq2seq"))
-    classifier = PrefixClassifier(scorer, batch_size=args.max_batch_size, adapter_names=names)
+    classifier = PrefixClassifier(scorer, batch_size=batch_size, adapter_names=names)
     answerer = Answerer(scorer, "score")
 
     def switching(texts: list[str], adapters: list[str | None]) -> list[list[dict]]:
@@ -232,8 +232,80 @@ def worker(args) -> None:
                     answers[row] = answer
         return answers
 
-    logging.getLogger(__name__).info("Switching baseline: %d adapters in one PeftModel.", len(names))
+    return classifier, switching
+
+
+def worker(args) -> None:
+    """A server whose batches another function answers (the baselines): `--worker peft` serves one adapter through
+    peft's own forward, `--worker switching` several through one PeftModel (:func:`switching_baseline`)."""
+    import logging
+
+    from prefix_tuning_utils.classifier import PrefixClassifier
+    from prefix_tuning_utils.serving import ServeSettings
+    from prefix_tuning_utils.serving.cli import setup_logging
+    from prefix_tuning_utils.serving.server import serve
+
+    setup_logging("info")
+    folders = [Path(folder) for folder in args.worker_adapters.split(",")]
+    settings = ServeSettings(
+        port=0, access_log=False, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+        max_chars_per_input=MAX_CHARS,
+    )  # fmt: skip
+    if args.worker == "peft":
+        classifier = PrefixClassifier.from_pretrained(str(folders[0]), device=args.device)
+        classifier.adapter_names = [folders[0].name]  # served alone under its name: every row through peft's forward
+        serve(settings, classifier)
+        return
+    classifier, switching = switching_baseline(folders, args.device, args.max_batch_size)
+    logging.getLogger(__name__).info(
+        "Switching baseline: %d adapters in one PeftModel, on %s.", len(folders), args.device
+    )
     serve(settings, classifier, answer=switching)
+
+
+# ------------------------------------------------------------------------------------------------------ in process
+def in_process(args, folders: list[Path], texts: list[str]) -> str:
+    """The model's side alone, no HTTP: one batch of `rows` random (text, adapter) pairs answered by the bank in one
+    mixed forward, by the bank with every row on one adapter, and by the switching baseline; the three alternate
+    on the same batches, `--in_process_repeats` batches per size (the first of each size is a warm-up, not
+    counted). Its mixed / switching ratio is the most the server can reach on this device: the server adds HTTP,
+    JSON and the clients' own work on the same cores."""
+    import torch
+
+    from prefix_tuning_utils.classifier import PrefixClassifier
+
+    bank = PrefixClassifier.from_pretrained({folder.name: str(folder) for folder in folders}, device=args.device)
+    _, switching = switching_baseline(folders, args.device, args.max_batch_size)
+    names = bank.adapter_names
+    ways = {
+        "64 mixed": lambda batch, adapters: bank.answer_batch(batch, adapters),
+        "1 adapter": lambda batch, adapters: bank.answer_batch(batch, [names[0]] * len(batch)),
+        "64, switching": switching,
+    }
+    rng = random.Random(args.seed)
+    lines = [
+        f"| rows per batch | {' rows/s | '.join(ways)} rows/s | 64 mixed / 1 adapter | 64 mixed / switching |",
+        "|---|" + "---|" * (len(ways) + 2),
+    ]
+    for rows in args.in_process_rows:
+        seconds = defaultdict(list)
+        for repeat in range(args.in_process_repeats + 1):
+            batch = [rng.choice(texts) for _ in range(rows)]
+            adapters = [rng.choice(names) for _ in range(rows)]
+            for name, answer in ways.items():
+                with torch.no_grad():
+                    started = time.perf_counter()
+                    answer(batch, adapters)  # answers are Python floats: the device has finished
+                    if repeat:
+                        seconds[name].append(time.perf_counter() - started)
+        rate = {name: rows / statistics.median(values) for name, values in seconds.items()}
+        cells = " | ".join(f"{rate[name]:.1f}" for name in ways)
+        lines.append(
+            f"| {rows} | {cells} | {rate['64 mixed'] / rate['1 adapter']:.2f}x | "
+            f"{rate['64 mixed'] / rate['64, switching']:.1f}x |"
+        )
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------------------ load
@@ -378,12 +450,7 @@ class Mode:
 
 def run_mode(args, mode: Mode, folders: list[Path], texts: list[str], work: Path, reference) -> dict:
     used = folders[: mode.adapters]
-    if mode.command == "serve":
-        command = serve_command(args, write_recipe(work / f"{mode.adapters}-adapters.yaml", used))
-    else:
-        command = [sys.executable, __file__, "--worker", mode.command, "--worker_adapters",
-                   ",".join(str(folder) for folder in used), "--max_batch_size", str(args.max_batch_size),
-                   "--max_wait_ms", str(args.max_wait_ms)]  # fmt: skip
+    command = mode_command(args, mode, used, work)
     requests = plan(mode.requests, [f.name for f in used], texts, args.seed + mode.adapters, mode.bad_fraction)
     table = expected_answers(reference, requests)
     log = work / f"{mode.name.replace(' ', '_').replace(',', '').replace('%', 'pc')}.log"
@@ -491,12 +558,30 @@ def main() -> None:
         help="torch threads of each server (OMP_NUM_THREADS). Default: torch's, one per core. On a machine that other "
         "jobs load, 1 avoids the stalls of threads waiting for each other.",
     )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="where every mode's server runs its model: cpu, cuda, cuda:1 (default: the first GPU when there is one, "
+        "as `prefix-tuning serve`). The reference answers are computed on the CPU.",
+    )
+    parser.add_argument(
+        "--in_process_rows",
+        type=int,
+        nargs="+",
+        default=[8, 16, 32],
+        help="batch sizes of the in-process table (the model alone, no HTTP; 32 clients make batches of up to 32)",
+    )
+    parser.add_argument("--in_process_repeats", type=int, default=5, help="batches timed per size and way")
     parser.add_argument("--quick", action="store_true", help="tiny T5 shape, 96 requests a mode: a few minutes")
     parser.add_argument("--work_dir", type=Path, default=None, help="keep models and logs here (default: temp)")
     parser.add_argument("--write-readme", action="store_true", help="put the table into benchmarks/README.md")
     parser.add_argument("--worker", choices=["peft", "switching"], help=argparse.SUPPRESS)
     parser.add_argument("--worker_adapters", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.worker:
         worker(args)
         return
@@ -506,6 +591,7 @@ def main() -> None:
     data = require_phrasebank(args.data)
     if args.quick:
         args.requests, args.rss_requests, args.fault_requests = 96, 200, 100
+        args.in_process_rows, args.in_process_repeats = [4], 2
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench_serve_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -517,6 +603,8 @@ def main() -> None:
             work / ("quick" if args.quick else "t5-small"), args.tokenizer_file, shape, 64, 20, args.seed
         )
         texts = sentences(data, args.sentences, args.seed)
+        print("# in process: the model alone, no HTTP", flush=True)
+        model_table = in_process(args, folders, texts)
         modes = [
             Mode("1 adapter, served alone", 1, args.requests, "peft"),
             Mode("1 adapter", 1, args.requests, "serve"),
@@ -533,9 +621,15 @@ def main() -> None:
         text = (
             f"{shape_words}, real T5 tokenizer, 20-token random prefixes; {args.clients} clients over loopback, "
             f"one-sentence requests (Financial PhraseBank), --max_batch_size {args.max_batch_size}, --max_wait_ms "
-            f"{args.max_wait_ms:g}, torch threads per server: {args.torch_threads or 'torch default'}.\n\n"
+            f"{args.max_wait_ms:g}, torch threads per server: {args.torch_threads or 'torch default'}, device: "
+            f"{device_name(args.device)}.\n\n"
         )
         table, ok = report(results, args)
+        table += (
+            "\n\nThe model alone, in process (no HTTP, no clients): the same 64 adapters, batches of random "
+            f"(sentence, adapter) pairs, the three ways alternating on the same batches, median of "
+            f"{args.in_process_repeats} batches (after a warm-up):\n\n{model_table}"
+        )
         print("\n" + text + table)
         if args.write_readme:
             write_readme_block(__file__, "Serving", text + table, machine_line())
