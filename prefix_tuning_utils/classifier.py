@@ -165,7 +165,8 @@ class PrefixClassifier:
         on a device that cannot compute in it (a CPU without bf16 kernels, a GPU older than Ampere). `label_words`:
         for one model, the label words to rank instead of those saved in its `prefix_tuning.json` (as --label_words
         does for --do_predict; needed for a model saved without them); for several adapters, only for those saved
-        without label words (each adapter answers with its own saved words). `revision`, `token`, `cache_dir`: of the Hub repo(s).
+        without label words (each adapter answers with its own saved words; other words for one of those are
+        refused). `revision`, `token`, `cache_dir`: of the Hub repo(s).
         """
         dtype = _resolve_dtype(dtype, torch_dtype)
         device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -269,6 +270,13 @@ class PrefixClassifier:
         adapters, tables, peft_configs = [], [], []
         for name, model in trained.items():
             cls._base_config(model, dtype)  # each adapter's own task check
+            saved = model.settings.get("label_words")
+            if label_words is not None and saved and list(saved) != list(label_words):
+                raise ArgumentError(
+                    f"label_words= is for adapters saved without label words, but adapter {name!r} ({model.path}) "
+                    f"answers with its own: {', '.join(saved)}. Leave label_words out, or load it alone to rank "
+                    "other words."
+                )
             try:
                 adapter, table, peft_config = read_adapter(name, model, label_words, task)
             except ValueError as err:

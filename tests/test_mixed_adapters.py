@@ -190,6 +190,20 @@ def test_a_bank_refuses_what_it_cannot_mix(adapters, tmp_path, tiny_t5_dir):
         PrefixClassifier.from_pretrained({"p4": str(seq2seq["p4"]), "other": str(other)})
     mixed = PrefixClassifier.from_pretrained({"p4": str(seq2seq["p4"]), "other": str(other)}, mode="generate")
     assert mixed.labels == LABELS + ["down", "flat", "up"]
+    # label_words= cannot rename the words an adapter was saved with (they would be ignored): refused, naming it.
+    with pytest.raises(ArgumentError, match="adapter 'other' .* answers with its own: down, flat, up. Leave label_"):
+        PrefixClassifier.from_pretrained({"p4": str(seq2seq["p4"]), "other": str(other)}, label_words=LABELS)
+    same = PrefixClassifier.from_pretrained({"p4": str(seq2seq["p4"]), "p2": str(seq2seq["p2"])}, label_words=LABELS)
+    assert same.labels == LABELS
+    # Saved without label words: label_words= gives them (and without it, the adapter is refused by name).
+    bare = tmp_path / "bare"
+    shutil.copytree(seq2seq["p2"], bare)
+    settings.pop("label_words")
+    (bare / "prefix_tuning.json").write_text(json.dumps(settings))
+    with pytest.raises(ArgumentError, match="Adapter 'bare' .* has no prefix_tuning.json with its label words"):
+        PrefixClassifier.from_pretrained({"p4": str(seq2seq["p4"]), "bare": str(bare)})
+    given = PrefixClassifier.from_pretrained({"p4": str(seq2seq["p4"]), "bare": str(bare)}, label_words=LABELS)
+    assert given.bank.adapter("bare").labels == tuple(LABELS)
     # Another base model: named, with both bases.
     with pytest.raises(ArgumentError, match="Adapter 'llama' .* was trained on .*base-causal"):
         PrefixClassifier.from_pretrained({"p4": str(seq2seq["p4"]), "llama": str(adapters["causal"]["p4"])})

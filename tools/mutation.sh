@@ -4,8 +4,9 @@
 #   tools/mutation.sh MODULE [GIT_REF|-] [FUNCTION...]
 #
 # MODULE: readers, metrics, hub, predict, answering.scorer, answering.answers, answering.bank, classifier, trainer,
-# setup_checks, checkpointing, cli (a dotted name for a module of a subpackage). FUNCTION names (a function, or a method
-# as Class.method) limit the run to the mutants of those functions (`-` for no GIT_REF):
+# setup_checks, checkpointing, cli, serving.batching, serving.app, serving.guard (a dotted name for a module of a
+# subpackage). FUNCTION names (a function, or a method as Class.method) limit the run to the mutants of those
+# functions (`-` for no GIT_REF):
 #   tools/mutation.sh hub - _refuse_secrets upload _select files_to_publish
 #
 # The settings shared by every module are setup.cfg's [mutmut] section; which tests cover each module is its
