@@ -96,18 +96,26 @@ def test_a_bank_of_prompts_only_has_no_prefix():
     assert (virtual.width("prefix"), virtual.prefix_mask, virtual.cache()) == (0, None, None)
 
 
-def test_all_scope_prefixes_and_gates_are_stacked_with_zero_gates_elsewhere():
-    """--prefix_scope all: per attention kind a prefix (tokens x layers * 2 * heads * head_dim) and gates (layers x
-    heads); the adapters without one, and the base model, get no slots and zero gates."""
-    layers, heads, head_dim = 2, 2, 3
-    width = layers * 2 * heads * head_dim  # 24
+ALL_SCOPE_WIDTH = 2 * 2 * 2 * 3  # layers x (key, value) x heads x head_dim
+
+
+def all_scope_bank() -> AdapterBank:
+    """plain: a decoder prefix of 2 tokens; all: a prefix of 2 tokens and, per attention kind, an all-scope prefix
+    of 2 tokens over 2 layers of 2 heads of 3 dimensions, and gates (layers x heads)."""
     scope = {}
     for number, kind in enumerate(("encoder_self_attention", "cross_attention")):
-        scope[f"{kind}.prefix"] = table(2, width, 1000 * (number + 1))
+        scope[f"{kind}.prefix"] = table(2, ALL_SCOPE_WIDTH, 1000 * (number + 1))
         scope[f"{kind}.gate"] = torch.tensor([[0.5, -0.5], [1.5, 2.5]]) + number
     adapters = [adapter("plain", "prefix", 2, "decoder"), adapter("all", "prefix", 2, "all")]
     tables = [AdapterTables(prefix=table(2, 8, 0)), AdapterTables(prefix=table(2, 8, 20), all_scope=scope)]
-    bank = AdapterBank.from_tables(adapters, tables, SEQ2SEQ, [dict(PREFIX_SHAPE), dict(PREFIX_SHAPE)])
+    return AdapterBank.from_tables(adapters, tables, SEQ2SEQ, [dict(PREFIX_SHAPE), dict(PREFIX_SHAPE)])
+
+
+def test_all_scope_prefixes_and_gates_are_stacked_with_zero_gates_elsewhere():
+    """--prefix_scope all: per attention kind a prefix (tokens x layers * 2 * heads * head_dim) and gates (layers x
+    heads); the adapters without one, and the base model, get no slots and zero gates."""
+    width = ALL_SCOPE_WIDTH
+    bank = all_scope_bank()
     assert bank.has_all_scope
     assert bank.shapes == {"num_layers": 1, "heads": 2, "head_dim": 2, "all_scope_heads": 2, "all_scope_head_dim": 3}
     for number, kind in enumerate(("encoder_self_attention", "cross_attention")):
@@ -146,3 +154,41 @@ def test_what_a_bank_refuses():
 )
 def test_only_adapters_of_virtual_tokens_are_bankable(peft_type, expected):
     assert bankable({} if peft_type is None else {"peft_type": peft_type}) is expected
+
+
+def test_all_scope_keys_values_and_gates_of_a_layer_follow_the_rows():
+    """One layer's all-scope keys and values (its slice of the table, split into key / value, heads, head_dim), its
+    gates and key mask, for the batch's rows; repeated row by row when the model runs each row several times."""
+    bank = all_scope_bank()
+    virtual = bank.virtual_tokens(bank.rows(["all", None, "plain"]))
+    key, value, gate, mask = virtual.all_scope("cross_attention", 1, 3)
+    layer1 = table(2, ALL_SCOPE_WIDTH, 2000)[:, 12:24].reshape(2, 2, 2, 3)  # tokens, (key, value), heads, head_dim
+    assert key.shape == value.shape == (3, 2, 2, 3)  # rows, heads, tokens, head_dim
+    assert torch.equal(key[0], layer1[:, 0].transpose(0, 1)) and torch.equal(value[0], layer1[:, 1].transpose(0, 1))
+    assert not key[1:].any() and not value[1:].any()
+    assert torch.equal(gate, torch.tensor([[2.5, 3.5], [0.0, 0.0], [0.0, 0.0]]))
+    assert mask.tolist() == [[True, True], [False, False], [False, False]]
+    for times in (2, 3):  # two label words, or two beams, per row; and three
+        key_n, value_n, gate_n, mask_n = virtual.all_scope("cross_attention", 1, 3 * times)
+        assert torch.equal(key_n, key.repeat_interleave(times, dim=0))
+        assert torch.equal(value_n, value.repeat_interleave(times, dim=0))
+        assert torch.equal(gate_n, gate.repeat_interleave(times, dim=0))
+        assert mask_n.tolist() == [row for row in mask.tolist() for _ in range(times)]
+
+
+def test_to_casts_the_tables_and_keeps_masks_integer_and_gates_float32():
+    """`to(device, dtype)`: the prefix and prompt tables take the model's dtype (peft casts its prefix to it); masks
+    stay integer, and gates float32 (the all-scope attention takes tanh(gate) in float32, then casts)."""
+    bank = mixed_bank().to(dtype=torch.bfloat16)
+    assert bank.tensors["prefix"].dtype == bank.tensors["prompt"].dtype == torch.bfloat16
+    assert torch.equal(bank.tensors["prefix"][1], table(3, 8, 200).to(torch.bfloat16))
+    assert bank.tensors["prefix_mask"].dtype == bank.tensors["prompt_mask"].dtype == torch.long
+    scoped = all_scope_bank().to(dtype=torch.bfloat16)
+    for kind in ("encoder_self_attention", "cross_attention"):
+        assert scoped.tensors[f"{kind}.prefix"].dtype == torch.bfloat16
+        assert scoped.tensors[f"{kind}.gate"].dtype == torch.float32
+        assert scoped.tensors[f"{kind}.mask"].dtype == torch.long
+    moved = all_scope_bank().to(device="meta")
+    assert {value.device.type for value in moved.tensors.values()} == {"meta"}
+    assert moved.tensors["prefix"].dtype == torch.float32  # no dtype: kept
+    assert bank.rows(["a", None], device="meta").device.type == "meta"

@@ -246,11 +246,25 @@ def test_adapters_from_the_hub_with_a_revision(adapters, tmp_path, monkeypatch):
         api.create_branch("me/sentiment", branch="v2")
         api.upload_folder(repo_id="me/sentiment", folder_path=seq2seq["q6"], revision="v2")
         sources = {"main": "me/sentiment", "v2": "me/sentiment@v2"}
-        bank = PrefixClassifier.from_pretrained(sources, device="cpu", cache_dir=str(tmp_path / "cache"))
+        before = len(hub.requests)
+        bank = PrefixClassifier.from_pretrained(
+            sources, device="cpu", cache_dir=str(tmp_path / "cache"), token="hf_bank_token"
+        )
         assert [bank.bank.adapter(name).kind for name in sources] == ["prefix", "prompt"]
+        assert [bank.bank.adapter(name).revision for name in sources] == ["main", "v2"]
         mix = ["v2", "main", "main", "v2", "main"]
         got = bank.scorer.log_scores(TEXTS[:5], mix)
         assert hub.unhandled == [], [r.path for r in hub.unhandled]
+        # Every file came with the token given, into the cache_dir given: both adapters' config and weights.
+        downloads = [r for r in hub.requests[before:] if "/resolve/" in r.path]
+        assert {r.headers["Authorization"] for r in downloads} == {"Bearer hf_bank_token"}
+        for revision in ("main", "v2"):
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                assert any(r.path.endswith(f"/resolve/{revision}/{name}") for r in downloads), (revision, name)
+        cached = sorted(
+            path.name for path in (tmp_path / "cache").rglob("*") if path.is_file() and "snapshots" in str(path)
+        )
+        assert cached.count("adapter_model.safetensors") == 2 and cached.count("adapter_config.json") == 2, cached
     local = {"main": _alone(adapters, "seq2seq", "p4", "score"), "v2": _alone(adapters, "seq2seq", "q6", "score")}
     for row, (text, name) in enumerate(zip(TEXTS[:5], mix)):
         torch.testing.assert_close(got[row], local[name].scorer.log_scores([text])[0], rtol=0, atol=1e-5)

@@ -181,6 +181,7 @@ def test_adapters_health_docs(classifier, folders):
         ("initech", "prompt", 3, None),
     ]
     assert all(a["label_words"] == LABELS and a["source"] == str(folders[a["name"]]) for a in body["adapters"])
+    assert {(a["revision"], a["task"]) for a in body["adapters"]} == {("main", "seq2seq")}
     assert one.json() == body["adapters"][2]
     assert unknown.status_code == 404 and unknown.json()["error_type"] == "unknown_adapter"
     assert health.status_code == 200 and health.json() == {"status": "ok"}

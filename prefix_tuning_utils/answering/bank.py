@@ -113,15 +113,15 @@ def peft_cache_layout(table: torch.Tensor, num_layers: int, heads: int, head_dim
     return [(group[0], group[1]) for group in groups]
 
 
-def _left_padded(tables: list[torch.Tensor | None], width: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """`tables` (None: no table) right-aligned in ``len(tables) x longest x width`` zeros, and the mask of the real
-    rows (``len(tables) x longest``, long)."""
-    longest = max((t.shape[0] for t in tables if t is not None), default=0)
-    stacked = torch.zeros(len(tables), longest, width, dtype=dtype)
+def _left_padded(tables: list[torch.Tensor | None], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`tables` (None: no table; at least one is a table) right-aligned in ``len(tables) x longest x width`` float32
+    zeros, and the mask of the real rows (``len(tables) x longest``, long)."""
+    longest = max(t.shape[0] for t in tables if t is not None)
+    stacked = torch.zeros(len(tables), longest, width)
     mask = torch.zeros(len(tables), longest, dtype=torch.long)
     for index, table in enumerate(tables):
-        if table is not None and table.shape[0]:
-            stacked[index, longest - table.shape[0] :] = table.to(dtype)
+        if table is not None:
+            stacked[index, longest - table.shape[0] :] = table
             mask[index, longest - table.shape[0] :] = 1
     return stacked, mask
 
@@ -183,12 +183,10 @@ class AdapterBank:
             heads = shape["num_attention_heads"]
             shapes.update(num_layers=shape["num_layers"], heads=heads, head_dim=shape["token_dim"] // heads)
             width = shape["num_layers"] * 2 * shape["token_dim"]
-            rows = [t.prefix if a.kind == PREFIX else None for a, t in zip(adapters, tables)] + [None]
-            tensors["prefix"], tensors["prefix_mask"] = _left_padded(rows, width, torch.float32)
+            tensors["prefix"], tensors["prefix_mask"] = _left_padded([t.prefix for t in tables] + [None], width)
         if any(adapter.kind == PROMPT for adapter in adapters):
             width = next(t.prompt.shape[1] for a, t in zip(adapters, tables) if a.kind == PROMPT)
-            rows = [t.prompt if a.kind == PROMPT else None for a, t in zip(adapters, tables)] + [None]
-            tensors["prompt"], tensors["prompt_mask"] = _left_padded(rows, width, torch.float32)
+            tensors["prompt"], tensors["prompt_mask"] = _left_padded([t.prompt for t in tables] + [None], width)
         scoped = [t.all_scope for t in tables]
         if any(s is not None for s in scoped):
             for kind in ALL_SCOPE_KINDS:
@@ -196,7 +194,7 @@ class AdapterBank:
                 gate_shape = tuple(first[f"{kind}.gate"].shape)
                 width = first[f"{kind}.prefix"].shape[1]
                 rows = [s[f"{kind}.prefix"] if s is not None else None for s in scoped] + [None]
-                tensors[f"{kind}.prefix"], tensors[f"{kind}.mask"] = _left_padded(rows, width, torch.float32)
+                tensors[f"{kind}.prefix"], tensors[f"{kind}.mask"] = _left_padded(rows, width)
                 gates = torch.zeros(len(adapters) + 1, *gate_shape)
                 for index, s in enumerate(scoped):
                     if s is not None:
@@ -274,10 +272,7 @@ class VirtualTokens:
         )
         if not self.bank.seq2seq:
             return DynamicCache(layers)
-        cache = EncoderDecoderCache(DynamicCache(layers), DynamicCache())
-        for key in cache.is_updated:
-            cache.is_updated[key] = False
-        return cache
+        return EncoderDecoderCache(DynamicCache(layers), DynamicCache())
 
     def width(self, name: str) -> int:
         """Slots of one kind (``prefix`` or ``prompt``) in this batch; 0 when no row has that kind."""
