@@ -624,6 +624,72 @@ def test_batcher_drops_the_waiting_rows_of_a_request_given_up():
     assert batches == [["a1", "b1", "a2"], ["d1"]]
 
 
+def test_what_the_batcher_refuses_is_named():
+    """Rows without one adapter each, a request while shutting down (503), and one after the worker stopped (never
+    expected; 503, not a request left waiting for ever): each refused with its kind and message."""
+
+    async def scenario():
+        batcher = DynamicBatcher(lambda texts, adapters: [[{"label": "ok"}] for _ in texts], max_wait_ms=0)
+        for texts, adapters, counts in ((["a", "b"], ["x"], "got 1 for 2"), ([], [], "got 0 for 0")):
+            with pytest.raises(ValueError) as error:
+                batcher.enqueue(texts, adapters)
+            assert str(error.value) == f"A request needs one adapter per text, and texts: {counts}."
+        assert await batcher.submit(["a"], ["x"]) == [[{"label": "ok"}]]
+        batcher._task.cancel()  # the worker gone while the server runs on
+        with pytest.raises(asyncio.CancelledError):
+            await batcher._task
+        with pytest.raises(ServeError) as error:
+            batcher.enqueue(["a"], ["x"])
+        assert (error.value.kind, error.value.status, error.value.message) == (
+            "backend", 503, "The batching worker has stopped; restart the server."
+        )  # fmt: skip
+        closed = DynamicBatcher(lambda texts, adapters: [], max_wait_ms=0)
+        await closed.close()
+        with pytest.raises(ServeError) as error:
+            closed.enqueue(["a"], ["x"])
+        assert (error.value.kind, error.value.status, error.value.message) == (
+            "shutting_down", 503, "The server is shutting down and takes no new requests."
+        )  # fmt: skip
+
+    asyncio.run(scenario())
+
+
+def test_a_fault_in_the_batcher_or_its_metrics_strands_no_request():
+    """The metrics observer failing after a batch: its requests are answered all the same (the failure is logged).
+    The batcher's own loop failing: the requests waiting get an error at once, none waits for ever, and the next
+    request is answered."""
+
+    class BrokenMetrics:
+        calls = 0
+
+        def batch(self, adapters, waits, seconds, ok):
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("metrics broke")
+
+    def answer(texts, adapters):
+        return [[{"label": text, "score": 1.0}] for text in texts]
+
+    async def scenario():
+        batcher = DynamicBatcher(answer, max_wait_ms=0, observer=BrokenMetrics())
+        assert await asyncio.wait_for(batcher.submit(["a"], ["x"]), 60) == [[{"label": "a", "score": 1.0}]]
+        take = batcher._take
+
+        def broken_take():
+            batcher._take = take
+            raise RuntimeError("take broke")
+
+        batcher._take = broken_take
+        with pytest.raises(BatchFailedError) as error:
+            await asyncio.wait_for(batcher.submit(["b"], ["x"]), 60)
+        assert str(error.value) == "the batcher failed: RuntimeError: take broke"
+        assert batcher.queued_rows == 0
+        assert await asyncio.wait_for(batcher.submit(["c"], ["x"]), 60) == [[{"label": "c", "score": 1.0}]]
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
 def test_batcher_survives_a_wrong_answer_count():
     async def scenario():
         batcher = DynamicBatcher(lambda texts, adapters: [], max_batch_size=4, max_wait_ms=0)

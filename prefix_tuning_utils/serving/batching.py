@@ -223,8 +223,12 @@ class DynamicBatcher:
                 job.future.set_result(job.results)
 
     def _observe(self, adapters, waits, started: float, ok: bool) -> None:
-        if self.observer is not None:
+        if self.observer is None:
+            return
+        try:
             self.observer.batch(adapters, waits, time.monotonic() - started, ok)
+        except Exception:  # noqa: BLE001 - metrics must never cost a request its answer
+            logger.exception("Recording a batch's metrics failed; its requests are answered as usual.")
 
     # --- shutting down --------------------------------------------------------------------------------------------
 
