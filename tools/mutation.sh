@@ -14,6 +14,8 @@
 # the working tree (to measure a suite before a change); the code is always the working tree's. The copy and
 # mutmut's state live in build/mutation/MODULE[-REF]/ (run `mutmut results` or `mutmut browse` there); the last
 # line printed is the tally: mutants, killed, survived, no tests, timeout, suspicious. Install: pip install -e ".[mutation]".
+# MUTATION_TIMEOUT_MULTIPLIER=N replaces setup.cfg's timeout_multiplier (20: a mutant that hangs costs 20x its
+# tests' time; on an idle machine 4 is plenty), MUTATION_PROCESSES=N the 2 mutants run at once.
 # Slow by design (each mutant reruns its tests): run one module at a time, under `nice`, never in .ci/run.
 set -euo pipefail
 module=${1:?usage: tools/mutation.sh MODULE [GIT_REF]}
@@ -44,7 +46,7 @@ if [ -n "$ref" ]; then
 fi
 # setup.cfg's [mutmut] section, narrowed to the module and the tests that cover it.
 (cd "$work" && python - setup.cfg "$module" "$file") <<'PY'
-import configparser, shlex, sys
+import configparser, os, shlex, sys
 
 path, module, file = sys.argv[1], sys.argv[2], sys.argv[3]
 config = configparser.ConfigParser(interpolation=None)
@@ -63,6 +65,8 @@ def present(test: str) -> bool:  # a node id of a test function the checked-out 
 tests = [test for test in shlex.split(selection) if present(test)]
 print(f"{module}: {len(tests)} test files or functions selected")
 config.set("mutmut", "only_mutate", file)
+if os.environ.get("MUTATION_TIMEOUT_MULTIPLIER"):  # setup.cfg's 20 is for a loaded machine; an idle one needs less
+    config.set("mutmut", "timeout_multiplier", os.environ["MUTATION_TIMEOUT_MULTIPLIER"])
 config.set("mutmut", "pytest_add_cli_args_test_selection", "\n" + "\n".join(tests))
 with open(path, "w") as handle:
     config.write(handle)
