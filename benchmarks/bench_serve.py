@@ -34,6 +34,7 @@ the package), the serve extra (`pip install -e '.[serve]'`), Financial PhraseBan
     python benchmarks/bench_serve.py --write-readme     # the full run (see benchmarks/README.md for its time)
     python benchmarks/bench_serve.py --quick            # a tiny T5 shape, few requests: checks the machinery
     python benchmarks/bench_serve.py --device cuda      # every server on the GPU (the default when there is one)
+    python benchmarks/bench_serve.py --model_only       # only the model alone, in process (no servers): minutes
 """
 
 from __future__ import annotations
@@ -572,6 +573,7 @@ def main() -> None:
         help="batch sizes of the in-process table (the model alone, no HTTP; 32 clients make batches of up to 32)",
     )
     parser.add_argument("--in_process_repeats", type=int, default=5, help="batches timed per size and way")
+    parser.add_argument("--model_only", action="store_true", help="only the in-process table (no servers): minutes")
     parser.add_argument("--quick", action="store_true", help="tiny T5 shape, 96 requests a mode: a few minutes")
     parser.add_argument("--work_dir", type=Path, default=None, help="keep models and logs here (default: temp)")
     parser.add_argument("--write-readme", action="store_true", help="put the table into benchmarks/README.md")
@@ -605,6 +607,8 @@ def main() -> None:
         texts = sentences(data, args.sentences, args.seed)
         print("# in process: the model alone, no HTTP", flush=True)
         model_table = in_process(args, folders, texts)
+        if args.model_only:
+            return
         modes = [
             Mode("1 adapter, served alone", 1, args.requests, "peft"),
             Mode("1 adapter", 1, args.requests, "serve"),
