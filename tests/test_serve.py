@@ -624,6 +624,40 @@ def test_batcher_drops_the_waiting_rows_of_a_request_given_up():
     assert batches == [["a1", "b1", "a2"], ["d1"]]
 
 
+def test_rows_arriving_within_max_wait_share_a_batch_and_a_full_batch_waits_for_nothing():
+    """The batcher waits up to max_wait_ms after the oldest waiting row for more rows (a second request 20 ms later
+    joins the first's batch when the wait is 0.8 s), and not at all once max_batch_size rows wait (a wait of 10
+    minutes is never felt). The metrics observer hears of each batch: its rows' adapters, how long each row waited
+    (at least the 20 ms the second request came later for the first row), how long the batch took, and that it
+    went well."""
+    batches, observed = [], []
+
+    class Observer:
+        def batch(self, adapters, waits, seconds, ok):
+            observed.append((list(adapters), list(waits), seconds, ok))
+
+    def answer(texts, adapters):
+        batches.append(list(texts))
+        return [[{"label": text, "score": 1.0}] for text in texts]
+
+    async def scenario():
+        patient = DynamicBatcher(answer, max_batch_size=8, max_wait_ms=800, observer=Observer())
+        first = patient.enqueue(["a"], ["x"])
+        await asyncio.sleep(0.02)
+        second = patient.enqueue(["b"], ["y"])
+        await asyncio.wait_for(asyncio.gather(first, second), 60)
+        await patient.close()
+        full = DynamicBatcher(answer, max_batch_size=2, max_wait_ms=600_000)
+        await asyncio.wait_for(full.submit(["c", "d"], ["x", "y"]), 60)
+        await full.close()
+
+    asyncio.run(scenario())
+    assert batches == [["a", "b"], ["c", "d"]]
+    [(adapters, waits, seconds, ok)] = observed
+    assert adapters == ["x", "y"] and ok is True
+    assert 0.02 <= waits[0] < 60 and 0 <= waits[1] <= waits[0] and 0 <= seconds < 60
+
+
 def test_what_the_batcher_refuses_is_named():
     """Rows without one adapter each, a request while shutting down (503), and one after the worker stopped (never
     expected; 503, not a request left waiting for ever): each refused with its kind and message."""
@@ -654,7 +688,7 @@ def test_what_the_batcher_refuses_is_named():
     asyncio.run(scenario())
 
 
-def test_a_fault_in_the_batcher_or_its_metrics_strands_no_request():
+def test_a_fault_in_the_batcher_or_its_metrics_strands_no_request(caplog):
     """The metrics observer failing after a batch: its requests are answered all the same (the failure is logged).
     The batcher's own loop failing: the requests waiting get an error at once, none waits for ever, and the next
     request is answered."""
@@ -687,7 +721,12 @@ def test_a_fault_in_the_batcher_or_its_metrics_strands_no_request():
         assert await asyncio.wait_for(batcher.submit(["c"], ["x"]), 60) == [[{"label": "c", "score": 1.0}]]
         await batcher.close()
 
-    asyncio.run(scenario())
+    with caplog.at_level("ERROR", logger="prefix_tuning_utils.serving.batching"):
+        asyncio.run(scenario())
+    assert [record.getMessage() for record in caplog.records] == [
+        "Recording a batch's metrics failed; its requests are answered as usual.",
+        "The batcher failed; the requests waiting are answered with an error.",
+    ]
 
 
 def test_batcher_survives_a_wrong_answer_count():
