@@ -730,15 +730,26 @@ def test_a_fault_in_the_batcher_or_its_metrics_strands_no_request(caplog):
 
 
 def test_batcher_survives_a_wrong_answer_count():
+    """A batch whose answer function fails: its requests get the error (the cause chained), the metrics hear of a
+    failed batch, and the next batch is answered."""
+    observed = []
+
+    class Observer:
+        def batch(self, adapters, waits, seconds, ok):
+            observed.append((list(adapters), len(waits), ok))
+
     async def scenario():
-        batcher = DynamicBatcher(lambda texts, adapters: [], max_batch_size=4, max_wait_ms=0)
-        with pytest.raises(BatchFailedError, match="the answer function gave 0 answers for 1 rows"):
-            await asyncio.wait_for(batcher.submit(["a"], [None]), 60)
+        batcher = DynamicBatcher(lambda texts, adapters: [], max_batch_size=4, max_wait_ms=0, observer=Observer())
+        with pytest.raises(BatchFailedError, match="the answer function gave 0 answers for 1 rows") as error:
+            await asyncio.wait_for(batcher.submit(["a"], ["x"]), 60)
+        assert isinstance(error.value.__cause__, RuntimeError)
+        assert str(error.value.__cause__) == "the answer function gave 0 answers for 1 rows"
         batcher.answer = lambda texts, adapters: [[{"label": "ok"}] for _ in texts]
         assert await batcher.submit(["b"], [None]) == [[{"label": "ok"}]]
         await batcher.close()
 
     asyncio.run(scenario())
+    assert observed == [(["x"], 1, False), ([None], 1, True)]
 
 
 def test_requests_cancelled_by_the_end_of_a_graceful_shutdown_get_a_json_503(classifier):
