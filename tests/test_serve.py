@@ -662,6 +662,10 @@ def test_what_the_batcher_refuses_is_named():
     """Rows without one adapter each, a request while shutting down (503), and one after the worker stopped (never
     expected; 503, not a request left waiting for ever): each refused with its kind and message."""
 
+    with pytest.raises(ValueError) as error:
+        DynamicBatcher(lambda texts, adapters: [], max_batch_size=0)
+    assert str(error.value) == "max_batch_size must be at least 1, got 0."
+
     async def scenario():
         batcher = DynamicBatcher(lambda texts, adapters: [[{"label": "ok"}] for _ in texts], max_wait_ms=0)
         for texts, adapters, counts in ((["a", "b"], ["x"], "got 1 for 2"), ([], [], "got 0 for 0")):
