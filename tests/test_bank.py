@@ -192,3 +192,22 @@ def test_to_casts_the_tables_and_keeps_masks_integer_and_gates_float32():
     assert {value.device.type for value in moved.tensors.values()} == {"meta"}
     assert moved.tensors["prefix"].dtype == torch.float32  # no dtype: kept
     assert bank.rows(["a", None], device="meta").device.type == "meta"
+
+
+def test_read_adapter_refuses_an_adapter_that_changes_the_weights(tmp_path):
+    """read_adapter (the bank's reader, public in prefix_tuning_utils.answering) names a LoRA adapter and why it
+    cannot share a batch, before reading any weights."""
+    import json
+
+    from prefix_tuning_utils.answering.bank import read_adapter
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    trained = SimpleNamespace(
+        path=str(tmp_path), revision="main", settings={}, base_args=SimpleNamespace(token=None, cache_dir=None)
+    )
+    with pytest.raises(ValueError) as error:
+        read_adapter("acme", trained, None, "seq2seq")
+    assert str(error.value) == (
+        f"Adapter 'acme' ({tmp_path}) is a LORA adapter, which changes the base model's weights: it cannot share a "
+        "batch with other adapters. Serve it alone (one adapter per process)."
+    )
