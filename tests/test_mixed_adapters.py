@@ -200,7 +200,11 @@ def test_a_bank_refuses_what_it_cannot_mix(adapters, tmp_path, tiny_t5_dir):
     shutil.copytree(seq2seq["p2"], bare)
     settings.pop("label_words")
     (bare / "prefix_tuning.json").write_text(json.dumps(settings))
-    with pytest.raises(ArgumentError, match="Adapter 'bare' .* has no prefix_tuning.json with its label words"):
+    with pytest.raises(
+        ArgumentError,
+        match="Adapter 'bare' .* has no prefix_tuning.json with its label words: it was "
+        "not written by run_prefix_tuning.py.$",
+    ):
         PrefixClassifier.from_pretrained({"p4": str(seq2seq["p4"]), "bare": str(bare)})
     given = PrefixClassifier.from_pretrained({"p4": str(seq2seq["p4"]), "bare": str(bare)}, label_words=LABELS)
     assert given.bank.adapter("bare").labels == tuple(LABELS)
@@ -230,8 +234,11 @@ def test_a_bank_refuses_what_it_cannot_mix(adapters, tmp_path, tiny_t5_dir):
     assert alone(TEXTS[0], adapter="full")[0]["label"] in LABELS
 
 
+WEIGHTS = ("adapter_config.json", "adapter_model.safetensors")
+
+
 def test_adapters_from_the_hub_with_a_revision(adapters, tmp_path, monkeypatch):
-    """`org/name@revision` loads that revision: two adapters from one Hub repo (main and a branch) answer as the
+    """`org/name@revision` loads that revision: three adapters from one Hub repo (main and two branches) answer as the
     local copies they were uploaded from."""
     from huggingface_hub import HfApi
 
@@ -245,26 +252,31 @@ def test_adapters_from_the_hub_with_a_revision(adapters, tmp_path, monkeypatch):
         api.upload_folder(repo_id="me/sentiment", folder_path=seq2seq["p4"])
         api.create_branch("me/sentiment", branch="v2")
         api.upload_folder(repo_id="me/sentiment", folder_path=seq2seq["q6"], revision="v2")
-        sources = {"main": "me/sentiment", "v2": "me/sentiment@v2"}
+        api.create_branch("me/sentiment", branch="v3")  # --prefix_scope all: a third file, on this branch only
+        api.upload_folder(repo_id="me/sentiment", folder_path=seq2seq["all5"], revision="v3")
+        sources = {"main": "me/sentiment", "v2": "me/sentiment@v2", "v3": "me/sentiment@v3"}
         before = len(hub.requests)
         bank = PrefixClassifier.from_pretrained(
             sources, device="cpu", cache_dir=str(tmp_path / "cache"), token="hf_bank_token"
         )
-        assert [bank.bank.adapter(name).kind for name in sources] == ["prefix", "prompt"]
-        assert [bank.bank.adapter(name).revision for name in sources] == ["main", "v2"]
-        mix = ["v2", "main", "main", "v2", "main"]
+        assert [bank.bank.adapter(name).kind for name in sources] == ["prefix", "prompt", "prefix"]
+        assert [bank.bank.adapter(name).revision for name in sources] == ["main", "v2", "v3"]
+        assert bank.bank.adapter("v3").prefix_scope == "all"
+        mix = ["v2", "main", "v3", "v2", "main"]
         got = bank.scorer.log_scores(TEXTS[:5], mix)
         assert hub.unhandled == [], [r.path for r in hub.unhandled]
         # Every file came with the token given, into the cache_dir given: both adapters' config and weights.
         downloads = [r for r in hub.requests[before:] if "/resolve/" in r.path]
         assert {r.headers["Authorization"] for r in downloads} == {"Bearer hf_bank_token"}
-        for revision in ("main", "v2"):
-            for name in ("adapter_config.json", "adapter_model.safetensors"):
-                assert any(r.path.endswith(f"/resolve/{revision}/{name}") for r in downloads), (revision, name)
+        for revision, name in [(revision, name) for revision in ("main", "v2", "v3") for name in WEIGHTS] + [
+            ("v3", "all_layer_prefix.safetensors")
+        ]:
+            assert any(r.path.endswith(f"/resolve/{revision}/{name}") for r in downloads), (revision, name)
         cached = sorted(
             path.name for path in (tmp_path / "cache").rglob("*") if path.is_file() and "snapshots" in str(path)
         )
-        assert cached.count("adapter_model.safetensors") == 2 and cached.count("adapter_config.json") == 2, cached
-    local = {"main": _alone(adapters, "seq2seq", "p4", "score"), "v2": _alone(adapters, "seq2seq", "q6", "score")}
+        assert cached.count("adapter_model.safetensors") == 3 and cached.count("adapter_config.json") == 3, cached
+    local = {"main": _alone(adapters, "seq2seq", "p4", "score"), "v2": _alone(adapters, "seq2seq", "q6", "score"),
+             "v3": _alone(adapters, "seq2seq", "all5", "score")}  # fmt: skip
     for row, (text, name) in enumerate(zip(TEXTS[:5], mix)):
         torch.testing.assert_close(got[row], local[name].scorer.log_scores([text])[0], rtol=0, atol=1e-5)
