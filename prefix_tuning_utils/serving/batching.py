@@ -10,6 +10,7 @@ its answers, in its own order. The next batch is gathered while one runs and sta
   turn (one row of each, then a second of each, ...), so a large request cannot hold back the small ones behind it
   by more than one batch.
 * A batch that fails (the answer function raises) fails only the requests with rows in it; the batcher goes on.
+* A failure of the metrics observer is logged; the batch's requests are answered all the same.
 * A request given up by its caller (the client hung up, the task was cancelled) loses its rows that are not in a
   batch yet; the other rows of a batch it was in are answered as usual.
 * :meth:`close` refuses new requests, answers every waiting row, then stops the worker.
